@@ -1,0 +1,1 @@
+"""PyTorch Janus checkpoints <-> the janus_jax param tree."""

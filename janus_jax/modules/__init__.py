@@ -1,0 +1,1 @@
+"""Pure Flax Linen modules of Janus (no I/O, no global state)."""
