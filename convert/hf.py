@@ -42,6 +42,19 @@ def tokenizer_ids(directory: str) -> dict[str, int]:
   return {field: vocab[tag] for field, tag in TOKEN_TAGS.items() if tag in vocab}
 
 
+def special_token_ids(directory: str) -> dict[str, int]:
+  """Token ids from generation_config.json, overridden by the tokenizer's vocabulary."""
+  ids = {}
+  path = os.path.join(directory, "generation_config.json")
+  if os.path.exists(path):
+    gen = _read_json(path)
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id", "boi_token_id"):
+      if isinstance(gen.get(field), int):
+        ids[field] = gen[field]
+  ids.update(tokenizer_ids(directory))
+  return ids
+
+
 def config_from_hf(hf: dict[str, Any], token_ids: dict[str, int] | None = None,
                    **overrides) -> JanusConfig:
   """transformers' Janus config dict -> JanusConfig.
@@ -118,7 +131,7 @@ def load_hf(directory: str, config: JanusConfig | None = None, dtype=None):
   """Reads a transformers-format Janus checkpoint. Returns (JanusConfig, params dict)."""
   hf_config = _read_json(os.path.join(directory, "config.json"))
   if config is None:
-    config = config_from_hf(hf_config, tokenizer_ids(directory))
+    config = config_from_hf(hf_config, special_token_ids(directory))
   shapes = flax_shapes(config)
   rules = mapping.hf_rules(shapes)
   mapping.check_rules_cover(rules, shapes)

@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 _DTYPES = ("float32", "bfloat16", "float16")
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "image_token_id",
+                "boi_token_id", "eoi_token_id")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_nothing")
 
 
@@ -130,6 +132,11 @@ class JanusConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in _DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r}; choose one of {_DTYPES}.")
+    for field in TOKEN_FIELDS:
+      value = getattr(self, field)
+      if not 0 <= value < self.llm.vocab_size:
+        raise ValueError(f"{field}={value} is outside the vocabulary [0, {self.llm.vocab_size}); "
+                         "take the special-token ids from the checkpoint's tokenizer.")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
 

@@ -6,6 +6,7 @@ Modules name the axes of every parameter and large activation ("embed", "mlp",
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import jax
@@ -73,3 +74,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Shards the leading (batch) axis over ('data', 'fsdp'), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=RULES):
+  """Makes `mesh` current and the logical-axis rules active (for activation constraints)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

@@ -10,3 +10,22 @@ _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=["gqa", "mha"])
+def reference(request, tmp_path_factory):
+  """(variant, torch model, JanusConfig, Flax params) for one tiny reference config.
+
+  The Flax params are read back from the transformers checkpoint the torch model saved,
+  through the converter's name mapping.
+  """
+  from tests import reference as ref
+  from convert.hf import config_from_hf, load_hf
+  variant = {v.name: v for v in ref.VARIANTS}[request.param]
+  model = ref.build_hf_model(variant)
+  directory = ref.save_hf_model(model, tmp_path_factory.mktemp(f"hf_{variant.name}"))
+  config = config_from_hf(model.config.to_dict(), ref.TOKENS)
+  _, params = load_hf(directory, config)
+  return variant, model, config, params
