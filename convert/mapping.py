@@ -158,23 +158,55 @@ def torch_keys(rules: list[Rule], num_layers: Mapping[str, int]) -> list[str]:
   return keys
 
 
-def build_params(rules: list[Rule], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
-                 get: Callable[[str], np.ndarray], dtype=None) -> dict:
-  """Assembles the nested Flax param dict from PyTorch tensors fetched with `get(key)`.
+def torch_shape(rule: Rule, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of one tensor (one layer of a stack) that fills `flax_shape`."""
+  shape = tuple(flax_shape[1:] if rule.stacked else flax_shape)
+  if rule.kind == "linear":
+    return (int(np.prod(shape[rule.in_axes:])), int(np.prod(shape[:rule.in_axes])))
+  if rule.kind == "conv":
+    return (shape[3], shape[2], shape[0], shape[1])
+  if rule.kind == "vector":
+    return (int(np.prod(shape)),)
+  return shape
+
+
+def iter_params(rules: list[Rule], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
+                get: Callable[[str], np.ndarray], dtype=None):
+  """Yields (Flax path, numpy array) for each rule, building one parameter at a time.
 
   shapes: Flax path -> full shape (stacked params include the leading layers axis).
+  A stacked parameter is written layer by layer into one preallocated array, so the only
+  copy made is the output itself (cast to `dtype` on assignment).
   """
-  flat = {}
   for r in rules:
     shape = tuple(shapes[r.ours])
     if r.stacked:
-      layers = [to_flax(r.kind, _named(get, r.theirs.format(i=i)), shape[1:])
-                for i in range(shape[0])]
-      array = np.stack(layers)
+      first = _layout(r, get, r.theirs.format(i=0), shape[1:])
+      out = np.empty(shape, dtype or first.dtype)
+      out[0] = first
+      for i in range(1, shape[0]):
+        out[i] = _layout(r, get, r.theirs.format(i=i), shape[1:])
     else:
-      array = to_flax(r.kind, _named(get, r.theirs), shape)
-    flat[r.ours] = array if dtype is None else array.astype(dtype)
-  return unflatten(flat)
+      out = _layout(r, get, r.theirs, shape)
+      out = np.array(out, dtype=dtype or out.dtype)   # own the memory: sources are mmapped
+    yield r.ours, out
+
+
+def build_params(rules: list[Rule], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
+                 get: Callable[[str], np.ndarray], dtype=None) -> dict:
+  """The whole nested Flax param dict (see `iter_params`)."""
+  return unflatten(dict(iter_params(rules, shapes, get, dtype)))
+
+
+def _layout(rule: Rule, get, key: str, shape) -> np.ndarray:
+  try:
+    tensor = get(key)
+  except KeyError:
+    raise KeyError(f"tensor {key!r} is missing from the checkpoint") from None
+  try:
+    return to_flax(rule.kind, tensor, shape)
+  except ValueError as e:
+    raise ValueError(f"tensor {key!r}: {e}") from None
 
 
 def export_tensors(rules: list[Rule], flat_params: Mapping[tuple[str, ...], np.ndarray]) -> dict:
@@ -188,13 +220,6 @@ def export_tensors(rules: list[Rule], flat_params: Mapping[tuple[str, ...], np.n
     else:
       out[r.theirs] = to_torch(r.kind, array, r.in_axes)
   return out
-
-
-def _named(get, key):
-  try:
-    return get(key)
-  except KeyError:
-    raise KeyError(f"tensor {key!r} is missing from the checkpoint") from None
 
 
 def unflatten(flat: Mapping[tuple[str, ...], object]) -> dict:
