@@ -8,7 +8,6 @@ the inverse for export. `config_from_deepseek` reads the original config.json (ย
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Callable, Iterable, Mapping
 
@@ -56,7 +55,8 @@ def _compile(template: str) -> re.Pattern:
   return re.compile(pattern)
 
 
-_ROWS = [line.replace("T.", f"{_TOWER}.").replace("V.", "model.vision_model.").split()
+_ABBREV = {"T.": f"{_TOWER}.", "V.": "model.vision_model."}
+_ROWS = [[_ABBREV.get(t[:2], t[:2]) + t[2:] for t in line.split()]
          for line in _TABLE.strip().splitlines()]
 _ROWS = [(_compile(ds), _compile(hf), ds, hf) for ds, hf in _ROWS]
 _QKV_HF = _compile("model.vision_model.encoder.layers.{i}.self_attn.{x}_proj.{p}")
@@ -91,8 +91,7 @@ def _translate(key: str, to_hf: bool) -> list[str] | None:
 def deepseek_to_hf_name(key: str) -> list[str] | None:
   """Original key -> its transformers key(s): one, or three (q, k, v) for `attn.qkv`.
 
-  Returns None for keys that are known and unused (attn_pool, codebook_used); raises
-  KeyError for keys that are not part of the original Janus layout.
+  None for known-unused keys (attn_pool, codebook_used); KeyError for unknown keys.
   """
   if _UNUSED.fullmatch(key):
     return None
@@ -103,23 +102,9 @@ def deepseek_to_hf_name(key: str) -> list[str] | None:
 
 
 def hf_to_deepseek_name(hf_key: str) -> str | None:
-  """transformers key -> original key (q/k/v_proj all map to their fused `attn.qkv`).
-
-  Returns None for keys outside the transformers Janus layout.
-  """
+  """transformers key -> original key (q/k/v_proj map to their fused `attn.qkv`), or None."""
   names = _translate(hf_key, to_hf=False)
   return names and names[0]
-
-
-def unexpected_keys(keys: Iterable[str]) -> list[str]:
-  """Original keys that are neither mapped nor known-unused."""
-  out = []
-  for key in keys:
-    try:
-      deepseek_to_hf_name(key)
-    except KeyError:
-      out.append(key)
-  return out
 
 
 # --- tensors ----------------------------------------------------------------------------------
@@ -138,10 +123,7 @@ class DeepseekAsHF:
     self._source_keys = list(source.keys() if keys is None else keys)
     self._origin: dict[str, tuple[str, int | None]] = {}   # hf key -> (original key, qkv part)
     for key in self._source_keys:
-      try:
-        names = deepseek_to_hf_name(key)
-      except KeyError:
-        continue
+      names = None if _UNUSED.fullmatch(key) else _translate(key, to_hf=True)
       for part, name in enumerate(names or ()):
         self._origin[name] = (key, part if len(names) == 3 else None)
 
@@ -151,27 +133,19 @@ class DeepseekAsHF:
 
   def unexpected(self, keys: Iterable[str] | None = None) -> list[str]:
     """Original keys (default: the source's) that are neither mapped nor known-unused."""
-    return unexpected_keys(self._source_keys if keys is None else keys)
-
-  def __contains__(self, hf_key: str) -> bool:
-    return hf_key in self._origin
+    return [k for k in (self._source_keys if keys is None else keys)
+            if not _UNUSED.fullmatch(k) and _translate(k, to_hf=True) is None]
 
   def __call__(self, hf_key: str) -> np.ndarray:
-    if hf_key not in self._origin:
-      raise KeyError(f"{hf_key!r} (original: {hf_to_deepseek_name(hf_key)!r}) is not in the "
-                     "checkpoint")
-    key, part = self._origin[hf_key]
+    key, part = self._origin[hf_key]   # KeyError: build_params names the missing tensor
     tensor = self._get(key)
     if part is not None:
       rows = tensor.shape[0]
       if rows % 3:
         raise ValueError(f"{key!r} has {rows} rows; a fused qkv needs a multiple of 3")
       return tensor[part * rows // 3:(part + 1) * rows // 3]   # basic slicing: a view
-    if key == _POS_EMBED:
-      if tensor.ndim != 3 or tensor.shape[0] != 1:
-        raise ValueError(f"{key!r} has shape {tuple(tensor.shape)}; expected (1, tokens, width)")
-      return tensor[0]
-    return tensor
+    # squeeze(0) as a view; unlike [0], reshape fails unless the leading dim is 1.
+    return tensor.reshape(tensor.shape[1:]) if key == _POS_EMBED else tensor
 
   get = __call__
 
@@ -181,18 +155,15 @@ def hf_tensors_to_deepseek(tensors: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
   Does not invent the unused attn_pool weights or the codebook_used buffer.
   """
-  out: dict[str, np.ndarray | None] = {}
-  fused: dict[str, dict[str, np.ndarray]] = {}
+  out, fused = {}, {}
   for hf_key, array in tensors.items():
     key = hf_to_deepseek_name(hf_key)
     if key is None:
       raise ValueError(f"{hf_key!r} is not a key of the transformers Janus layout")
     m = _QKV_HF.fullmatch(hf_key)
-    if m:
+    if m:   # the placeholder in `out` keeps the order; fused below
       fused.setdefault(key, {})[m.group("x")] = array
-      out.setdefault(key, None)   # keeps the first-seen order
-    else:
-      out[key] = np.asarray(array)[None] if key == _POS_EMBED else array
+    out[key] = np.asarray(array)[None] if key == _POS_EMBED else array
   for key, parts in fused.items():
     if set(parts) != set(_PARTS):
       raise ValueError(f"{key!r}: got only {sorted(parts)} of q/k/v; cannot fuse")
@@ -201,13 +172,9 @@ def hf_tensors_to_deepseek(tensors: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
 
 # --- layout detection ------------------------------------------------------------------------
-# An LLM prefix AND a Janus-specific module: a plain Llama, or another VLM that also has
-# `language_model` keys, is rejected here rather than failing later on a missing tensor.
-_MARKERS = {
-    "deepseek": (("language_model.",), (f"{_TOWER}.", "gen_vision_model.", "gen_head.")),
-    "hf": (("model.language_model.",),
-           ("model.vqmodel.", "model.generation_", "model.aligner.")),
-}
+# An LLM prefix AND a Janus-only module: rejects a plain Llama or another VLM up front.
+_MARKERS = {"deepseek": ("language_model.", (f"{_TOWER}.", "gen_vision_model.", "gen_head.")),
+            "hf": ("model.language_model.", ("model.vqmodel.", "model.generation_"))}
 
 
 def detect_layout(keys: Iterable[str], source: str = "the checkpoint") -> str:
@@ -222,7 +189,7 @@ def detect_layout(keys: Iterable[str], source: str = "the checkpoint") -> str:
 
 # --- config -----------------------------------------------------------------------------------
 _SIGLIP = {"siglip_large_patch16_384": dict(patch_size=16, width=1024, layers=24, heads=16,
-                                            mlp_ratio=4)}
+                                            mlp_ratio=4)}   # SigLIP_MODEL_CONFIG
 # LlamaGen VQ models; the original builds `VQ_models[cls]()` WITHOUT params (ModelArgs defaults).
 _VQ = {"VQ-16": dict(base_channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                      z_channels=256)}
@@ -234,11 +201,9 @@ _LLAMA = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_h
 
 def _params(cfg: dict, section: str, classes: Iterable[str]) -> dict:
   sec = cfg.get(section)
-  if not isinstance(sec, dict):
-    raise ValueError(f"config.json has no {section}; is it a multi_modality (Janus) config?")
-  if sec.get("cls") not in classes:
-    raise ValueError(f"{section}.cls={sec.get('cls')!r} is not supported; "
-                     f"expected one of {list(classes)}")
+  if not isinstance(sec, dict) or sec.get("cls") not in classes:
+    raise ValueError(f"{section}.cls={(sec or {}).get('cls')!r}: expected one of "
+                     f"{list(classes)} (is this a multi_modality Janus config.json?)")
   return dict(sec.get("params") or {})
 
 
@@ -247,29 +212,25 @@ def _check(field: str, value, expected, why: str) -> None:
     raise ValueError(f"{field}={value!r} is inconsistent: expected {expected!r} ({why})")
 
 
-def _int(field: str, value) -> int:
-  if not isinstance(value, int):
-    raise ValueError(f"{field} is missing or not an integer: {value!r}")
-  return value
+def _int(section: str, params: dict, field: str) -> int:
+  if not isinstance(params.get(field), int):
+    raise ValueError(f"{section}.params.{field} is missing or not an integer")
+  return params[field]
 
 
 def _llm(cfg: dict) -> LLMConfig:
   lang = cfg.get("language_config") or {}
   lang = {**_LLAMA, **{k: v for k, v in lang.get("params", lang).items() if v is not None}}
-  for field in ("model_type", "hidden_act"):
-    _check(f"language_config.{field}", lang[field], _LLAMA[field], "a Llama decoder")
-  for field in ("rope_scaling", "attention_bias", "mlp_bias"):
-    _check(f"language_config.{field}", lang.get(field) or None, None, "not supported")
-  rope = lang.get("rope_parameters") or {}
-  _check("language_config.rope_parameters.rope_type", rope.get("rope_type", "default"),
-         "default", "only plain RoPE is supported")
+  for field, want in (("model_type", "llama"), ("hidden_act", "silu"), ("rope_scaling", None),
+                      ("attention_bias", None), ("mlp_bias", None)):
+    _check(f"language_config.{field}", lang.get(field) or None, want, "our Llama decoder")
   heads = lang["num_attention_heads"]
   return LLMConfig(
       vocab_size=lang["vocab_size"], hidden_size=lang["hidden_size"],
       intermediate_size=lang["intermediate_size"], num_layers=lang["num_hidden_layers"],
       num_heads=heads, num_kv_heads=lang.get("num_key_value_heads") or heads,
       head_dim=lang.get("head_dim") or lang["hidden_size"] // heads,
-      rope_theta=float(rope.get("rope_theta", lang["rope_theta"])),
+      rope_theta=float(lang["rope_theta"]),
       rms_norm_eps=lang["rms_norm_eps"], max_position_embeddings=lang["max_position_embeddings"])
 
 
@@ -277,17 +238,13 @@ def _vision(cfg: dict) -> VisionConfig:
   p = _params(cfg, "vision_config", ("CLIPVisionTower",))
   name = p.get("model_name", "siglip_large_patch16_384")   # defaults: CLIPVisionTower's
   if name not in _SIGLIP:
-    raise ValueError(f"vision_config.params.model_name={name!r} is not supported; "
-                     f"known: {list(_SIGLIP)}")
+    raise ValueError(f"vision_config.params.model_name={name!r} is not supported "
+                     f"(known: {list(_SIGLIP)})")
   if p.get("pixel_mean") is not None and p.get("pixel_std") is not None:
-    # The tower would normalise again inside the model; ours expects processor output.
-    raise ValueError("vision_config.params.pixel_mean/pixel_std (in-model normalisation) "
+    # The tower would normalise again inside the model; ours takes the processor's output.
+    raise ValueError("vision_config.params.pixel_mean/pixel_std: in-model normalisation "
                      "is not supported")
   spec, size = _SIGLIP[name], p.get("image_size", 336)
-  if isinstance(size, (list, tuple)):
-    if len(set(size)) != 1:
-      raise ValueError(f"vision_config.params.image_size={size!r}: only square is supported")
-    size = size[0]
   # create_siglip_vit builds only the blocks up to the selected one (JANUS.md ยง2.1).
   select, total = p.get("select_layer", -2), spec["layers"]
   layers = min(total, total + select + 1) if select <= 0 else min(total, select)
@@ -298,14 +255,13 @@ def _vision(cfg: dict) -> VisionConfig:
                       mlp_dim=int(spec["width"] * spec["mlp_ratio"]))
 
 
-def _projector(cfg: dict, section: str, input_dim: int, input_why: str, hidden: int) -> None:
+def _projector(cfg: dict, section: str, input_dim: tuple, output_dim: tuple) -> None:
+  """An MlpProjector section must be mlp_gelu of depth 2 (its default depth is 1)."""
   p = _params(cfg, section, ("MlpProjector",))
-  _check(f"{section}.params.projector_type", p.get("projector_type"), "mlp_gelu",
-         "the only supported type")
-  # MlpProjector's default depth is 1 (a single Linear); the released models use 2.
-  _check(f"{section}.params.depth", p.get("depth", 1), 2, "Linear-GELU-Linear")
-  _check(f"{section}.params.input_dim", p.get("input_dim"), input_dim, input_why)
-  _check(f"{section}.params.n_embed", p.get("n_embed"), hidden, "language hidden_size")
+  for field, (want, why) in {"projector_type": ("mlp_gelu", "the only supported type"),
+                             "depth": (2, "Linear-GELU-Linear"), "input_dim": input_dim,
+                             "n_embed": output_dim}.items():
+    _check(f"{section}.params.{field}", p.get(field, 1 if field == "depth" else None), want, why)
 
 
 def config_from_deepseek(cfg: dict, token_ids: Mapping[str, int] | None = None,
@@ -315,35 +271,29 @@ def config_from_deepseek(cfg: dict, token_ids: Mapping[str, int] | None = None,
   Raises ValueError naming the field when the sections disagree with each other.
   """
   llm, vision = _llm(cfg), _vision(cfg)
-  p = _params(cfg, "gen_vision_config", tuple(_VQ))
+  gen = _params(cfg, "gen_vision_config", tuple(_VQ))
+  head = _params(cfg, "gen_head_config", ("vision_head",))
   # Generated images have the understanding resolution (384 for the released models).
-  vq = VQConfig(image_size=vision.image_size,
-                codebook_size=_int("gen_vision_config.params.image_token_size",
-                                   p.get("image_token_size")),
-                codebook_dim=_int("gen_vision_config.params.n_embed", p.get("n_embed")),
-                **_VQ[cfg["gen_vision_config"]["cls"]])
-  _projector(cfg, "aligner_config", vision.width, "SigLIP width", llm.hidden_size)
-  _projector(cfg, "gen_aligner_config", vq.codebook_dim, "gen_vision_config.params.n_embed",
-             llm.hidden_size)
-  p = _params(cfg, "gen_head_config", ("vision_head",))
-  _check("gen_head_config.params.n_embed", p.get("n_embed"), llm.hidden_size,
-         "language hidden_size")
-  _check("gen_head_config.params.image_token_size", p.get("image_token_size"),
+  vq = VQConfig(image_size=vision.image_size, **_VQ[cfg["gen_vision_config"]["cls"]],
+                codebook_size=_int("gen_vision_config", gen, "image_token_size"),
+                codebook_dim=_int("gen_vision_config", gen, "n_embed"))
+  hidden = (llm.hidden_size, "the language hidden_size")
+  _projector(cfg, "aligner_config", (vision.width, "the SigLIP width"), hidden)
+  _projector(cfg, "gen_aligner_config", (vq.codebook_dim, "the codebook dim"), hidden)
+  _check("gen_head_config.params.n_embed", head.get("n_embed"), *hidden)
+  _check("gen_head_config.params.image_token_size", head.get("image_token_size"),
          vq.codebook_size, "gen_vision_config.params.image_token_size")
-  head_dim = _int("gen_head_config.params.image_token_embed", p.get("image_token_embed"))
-  ids = _token_ids(token_ids or {}, llm.vocab_size)
-  return JanusConfig(llm=llm, vision=vision, vq=vq, gen_head_dim=head_dim, **ids, **overrides)
+  return JanusConfig(llm=llm, vision=vision, vq=vq,
+                     gen_head_dim=_int("gen_head_config", head, "image_token_embed"),
+                     **_token_ids(token_ids or {}, llm.vocab_size), **overrides)
 
 
 def _token_ids(token_ids: Mapping[str, int], vocab_size: int) -> dict[str, int]:
-  """The tokenizer's ids; a missing one keeps JanusConfig's default only if it fits the vocab."""
-  unknown = set(token_ids) - set(TOKEN_FIELDS)
-  if unknown:
-    raise ValueError(f"unknown token fields {sorted(unknown)}; known: {list(TOKEN_FIELDS)}")
-  defaults = {f.name: f.default for f in dataclasses.fields(JanusConfig)}
+  """The tokenizer's ids; a missing one keeps JanusConfig's default only if it is in vocab."""
   ids = {f: token_ids[f] for f in TOKEN_FIELDS if token_ids.get(f) is not None}
-  for field in set(TOKEN_FIELDS) - set(ids):
-    if not 0 <= defaults[field] < vocab_size:
-      raise ValueError(f"the tokenizer gives no {field} and JanusConfig's default "
-                       f"{defaults[field]} is outside the vocabulary of {vocab_size}")
+  for field in [f for f in TOKEN_FIELDS if f not in ids]:
+    default = getattr(JanusConfig, field)   # the dataclass default
+    if not 0 <= default < vocab_size:
+      raise ValueError(f"the tokenizer gives no {field} and JanusConfig's default {default} "
+                       f"is outside the vocabulary of {vocab_size}")
   return ids

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from convert import deepseek
 from convert.deepseek import (DeepseekAsHF, config_from_deepseek, deepseek_to_hf_name,
                               detect_layout, hf_tensors_to_deepseek, hf_to_deepseek_name)
 from janus_jax.config import TOKEN_FIELDS, JanusConfig
@@ -55,6 +54,10 @@ def test_names_reproduce_the_mapping_table(size):
     expected.setdefault(orig, []).append(hf)
     assert hf_to_deepseek_name(hf) == orig, hf
   assert any(v is not None and len(v) == 3 for v in expected.values())   # the qkv rows
+  # The table itself covers both state dicts exactly.
+  assert set(expected) == {row[0] for row in _tsv(f"orig_janus_pro_{size}_state_dict.tsv")}
+  assert {h for v in expected.values() for h in v or ()} == {
+      row[0] for row in _tsv(f"hf_janus_pro_{size}_state_dict.tsv")}
   for orig, hf_names in expected.items():
     assert deepseek_to_hf_name(orig) == hf_names, orig
 
@@ -62,7 +65,7 @@ def test_names_reproduce_the_mapping_table(size):
 @pytest.mark.parametrize("size", SIZES)
 def test_every_original_key_is_mapped_or_known_unused(size):
   orig = [row[0] for row in _tsv(f"orig_janus_pro_{size}_state_dict.tsv")]
-  assert deepseek.unexpected_keys(orig) == []
+  assert DeepseekAsHF(lambda key: None, keys=orig).unexpected() == []
   unused = [k for k in orig if deepseek_to_hf_name(k) is None]
   assert len(unused) == 14   # 13 attn_pool tensors + the codebook_used buffer
   assert detect_layout(orig) == "deepseek"
@@ -103,7 +106,8 @@ def test_detect_layout_rejects_a_plain_llama():
 def _fake_unused(config) -> dict[str, np.ndarray]:
   w = config.vision.width
   pool = {"latent": (1, 1, w), "q.weight": (w, w), "kv.weight": (2 * w, w), "kv.bias": (2 * w,)}
-  out = {f"vision_model.vision_tower.attn_pool.{k}": np.ones(s, np.float32) for k, s in pool.items()}
+  out = {f"vision_model.vision_tower.attn_pool.{k}": np.ones(s, np.float32)
+         for k, s in pool.items()}
   out["gen_vision_model.quantize.codebook_used"] = np.ones(4 * config.vq.codebook_size, np.float32)
   return out
 
@@ -142,8 +146,8 @@ def test_round_trip_and_views(reference):
   # q/k/v are slices of the fused tensor, not copies.
   qkv = "vision_model.vision_tower.blocks.0.attn.qkv.weight"
   for x in "qkv":
-    assert np.shares_memory(adapter(f"model.vision_model.encoder.layers.0.self_attn.{x}_proj.weight"),
-                            orig[qkv])
+    part = adapter(f"model.vision_model.encoder.layers.0.self_attn.{x}_proj.weight")
+    assert np.shares_memory(part, orig[qkv])
   # Getter form (a lazy reader) works like a mapping.
   lazy = DeepseekAsHF(orig.__getitem__, keys=orig.keys())
   np.testing.assert_array_equal(lazy("lm_head.weight"), hf["lm_head.weight"])
