@@ -119,6 +119,7 @@ class DeepseekAsHF:
 
   def __init__(self, source: Callable[[str], np.ndarray] | Mapping[str, np.ndarray],
                keys: Iterable[str] | None = None):
+    self._source = source
     self._get = source if callable(source) else source.__getitem__
     self._source_keys = list(source.keys() if keys is None else keys)
     self._origin: dict[str, tuple[str, int | None]] = {}   # hf key -> (original key, qkv part)
@@ -130,6 +131,24 @@ class DeepseekAsHF:
   def keys(self):
     """The transformers keys this checkpoint can serve."""
     return self._origin.keys()
+
+  def shape(self, hf_key: str) -> tuple[int, ...]:
+    """Shape of a served tensor without reading it (needs a source with `shape`)."""
+    key, part = self._origin[hf_key]
+    shape = tuple(self._source.shape(key)) if hasattr(self._source, "shape") else self._get(key).shape
+    if part is not None:
+      return (shape[0] // 3,) + tuple(shape[1:])
+    return tuple(shape[1:]) if key == _POS_EMBED else tuple(shape)
+
+  def dtype(self, hf_key: str) -> str:
+    key, _ = self._origin[hf_key]
+    if hasattr(self._source, "dtype"):
+      return self._source.dtype(key)
+    return np.dtype(self._get(key).dtype).name
+
+  def source_key(self, hf_key: str) -> str:
+    """The original-layout key a served tensor comes from."""
+    return self._origin[hf_key][0]
 
   def unexpected(self, keys: Iterable[str] | None = None) -> list[str]:
     """Original keys (default: the source's) that are neither mapped nor known-unused."""
@@ -234,17 +253,23 @@ def _llm(cfg: dict) -> LLMConfig:
       rms_norm_eps=lang["rms_norm_eps"], max_position_embeddings=lang["max_position_embeddings"])
 
 
+# Explicit sizes a config may carry in vision_config.params (an extension of ours: the
+# original only knows named towers). They override the named tower's numbers.
+_SIGLIP_FIELDS = ("patch_size", "width", "layers", "heads", "mlp_ratio")
+
+
 def _vision(cfg: dict) -> VisionConfig:
   p = _params(cfg, "vision_config", ("CLIPVisionTower",))
   name = p.get("model_name", "siglip_large_patch16_384")   # defaults: CLIPVisionTower's
-  if name not in _SIGLIP:
+  spec = {**_SIGLIP.get(name, {}), **{f: p[f] for f in _SIGLIP_FIELDS if f in p}}
+  if set(spec) != set(_SIGLIP_FIELDS):
     raise ValueError(f"vision_config.params.model_name={name!r} is not supported "
-                     f"(known: {list(_SIGLIP)})")
+                     f"(known: {list(_SIGLIP)}) and the params do not give {_SIGLIP_FIELDS}")
   if p.get("pixel_mean") is not None and p.get("pixel_std") is not None:
     # The tower would normalise again inside the model; ours takes the processor's output.
     raise ValueError("vision_config.params.pixel_mean/pixel_std: in-model normalisation "
                      "is not supported")
-  spec, size = _SIGLIP[name], p.get("image_size", 336)
+  size = p.get("image_size", 336)
   # create_siglip_vit builds only the blocks up to the selected one (JANUS.md §2.1).
   select, total = p.get("select_layer", -2), spec["layers"]
   layers = min(total, total + select + 1) if select <= 0 else min(total, select)
@@ -253,6 +278,45 @@ def _vision(cfg: dict) -> VisionConfig:
   return VisionConfig(image_size=size, patch_size=spec["patch_size"], width=spec["width"],
                       num_layers=layers, num_heads=spec["heads"],
                       mlp_dim=int(spec["width"] * spec["mlp_ratio"]))
+
+
+def deepseek_config_dict(config: JanusConfig) -> dict:
+  """JanusConfig -> an original `multi_modality` config.json dict.
+
+  The released sizes are written exactly as DeepSeek's files have them; other sizes add
+  explicit fields (`width`, `ch_mult`, ...) that `config_from_deepseek` reads back.
+  """
+  llm, vis, vq, d = config.llm, config.vision, config.vq, config.llm.hidden_size
+  vision = {"image_size": vis.image_size, "model_name": "siglip_large_patch16_384",
+            "select_feature": "same", "select_layer": -1}
+  spec = dict(patch_size=vis.patch_size, width=vis.width, layers=vis.num_layers,
+              heads=vis.num_heads, mlp_ratio=vis.mlp_dim / vis.width)
+  if spec != _SIGLIP["siglip_large_patch16_384"]:
+    vision.update(spec)
+  gen_vision = {"image_token_size": vq.codebook_size, "n_embed": vq.codebook_dim}
+  vq_spec = dict(base_channels=vq.base_channels, channel_mult=vq.channel_mult,
+                 num_res_blocks=vq.num_res_blocks, z_channels=vq.z_channels)
+  if vq_spec != _VQ["VQ-16"] or vq.image_size != vis.image_size:
+    gen_vision.update(vq_spec, channel_mult=list(vq.channel_mult), image_size=vq.image_size)
+  mlp = lambda n_in: {"cls": "MlpProjector", "params": {
+      "depth": 2, "input_dim": n_in, "n_embed": d, "projector_type": "mlp_gelu"}}
+  return {
+      "model_type": "multi_modality",
+      "vision_config": {"cls": "CLIPVisionTower", "params": vision},
+      "aligner_config": mlp(vis.width),
+      "gen_vision_config": {"cls": "VQ-16", "params": gen_vision},
+      "gen_aligner_config": mlp(vq.codebook_dim),
+      "gen_head_config": {"cls": "vision_head", "params": {
+          "image_token_embed": config.gen_head_dim, "image_token_size": vq.codebook_size,
+          "n_embed": d}},
+      "language_config": {
+          "model_type": "llama", "vocab_size": llm.vocab_size, "hidden_size": d,
+          "intermediate_size": llm.intermediate_size, "num_hidden_layers": llm.num_layers,
+          "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
+          "head_dim": llm.head_dim, "rope_theta": llm.rope_theta,
+          "rms_norm_eps": llm.rms_norm_eps,
+          "max_position_embeddings": llm.max_position_embeddings},
+  }
 
 
 def _projector(cfg: dict, section: str, input_dim: tuple, output_dim: tuple) -> None:
@@ -274,7 +338,11 @@ def config_from_deepseek(cfg: dict, token_ids: Mapping[str, int] | None = None,
   gen = _params(cfg, "gen_vision_config", tuple(_VQ))
   head = _params(cfg, "gen_head_config", ("vision_head",))
   # Generated images have the understanding resolution (384 for the released models).
-  vq = VQConfig(image_size=vision.image_size, **_VQ[cfg["gen_vision_config"]["cls"]],
+  vq_spec = {**_VQ[cfg["gen_vision_config"]["cls"]],
+             **{f: gen[f] for f in ("base_channels", "num_res_blocks", "z_channels") if f in gen}}
+  if "channel_mult" in gen:
+    vq_spec["channel_mult"] = tuple(gen["channel_mult"])
+  vq = VQConfig(image_size=gen.get("image_size", vision.image_size), **vq_spec,
                 codebook_size=_int("gen_vision_config", gen, "image_token_size"),
                 codebook_dim=_int("gen_vision_config", gen, "n_embed"))
   hidden = (llm.hidden_size, "the language hidden_size")

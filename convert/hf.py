@@ -142,3 +142,44 @@ def load_hf(directory: str, config: JanusConfig | None = None, dtype=None):
     get = lambda key: tensors(_TIED.get(key, key))
   params = mapping.build_params(rules, shapes, get, dtype)
   return config, params
+
+
+def hf_config_dict(config: JanusConfig) -> dict:
+  """JanusConfig -> transformers' Janus config.json dict (loads with JanusConfig.from_dict)."""
+  llm, vis, vq = config.llm, config.vision, config.vq
+  if vq.grid_size != vis.image_size // vis.patch_size:
+    raise ValueError(f"transformers' Janus needs the VQ token grid ({vq.grid_size}) to equal "
+                     f"the SigLIP patch grid ({vis.image_size // vis.patch_size}).")
+  if config.gen_head_dim != llm.hidden_size:
+    raise ValueError(f"transformers' Janus needs gen_head_dim ({config.gen_head_dim}) equal to "
+                     f"the LLM hidden size ({llm.hidden_size}); export with --layout deepseek.")
+  return {
+      "architectures": ["JanusForConditionalGeneration"],
+      "model_type": "janus",
+      "image_token_id": config.image_token_id,
+      "tie_word_embeddings": False,
+      "text_config": {
+          "model_type": "llama", "vocab_size": llm.vocab_size, "hidden_size": llm.hidden_size,
+          "intermediate_size": llm.intermediate_size, "num_hidden_layers": llm.num_layers,
+          "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
+          "head_dim": llm.head_dim, "rms_norm_eps": llm.rms_norm_eps,
+          "rope_parameters": {"rope_theta": llm.rope_theta, "rope_type": "default"},
+          "max_position_embeddings": llm.max_position_embeddings, "hidden_act": "silu",
+          "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+          "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+          "pad_token_id": config.pad_token_id},
+      "vision_config": {
+          "model_type": "janus_vision_model", "hidden_size": vis.width,
+          "num_hidden_layers": vis.num_layers, "num_attention_heads": vis.num_heads,
+          "image_size": vis.image_size, "patch_size": vis.patch_size,
+          "mlp_ratio": vis.mlp_dim / vis.width, "layer_norm_eps": vis.layer_norm_eps,
+          "projection_dim": llm.hidden_size, "depth": 2, "hidden_act": "gelu",
+          "num_image_tokens": vis.num_patches},
+      "vq_config": {
+          "model_type": "janus_vqgan", "embed_dim": vq.codebook_dim,
+          "num_embeddings": vq.codebook_size, "base_channels": vq.base_channels,
+          "channel_multiplier": list(vq.channel_mult), "num_res_blocks": vq.num_res_blocks,
+          "latent_channels": vq.z_channels, "in_channels": vq.in_channels, "out_channels": 3,
+          "num_patches": vq.grid_size, "projection_dim": llm.hidden_size,
+          "image_token_embed_dim": llm.hidden_size, "num_hidden_layers": 2, "hidden_act": "gelu"},
+  }

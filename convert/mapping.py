@@ -56,6 +56,8 @@ def to_torch(kind: str, array: np.ndarray, in_axes: int = 1) -> np.ndarray:
     return array.reshape(rows, -1).T
   if kind == "conv":
     return array.transpose(3, 2, 0, 1)
+  if kind == "vector":   # biases and norm weights are 1-D in PyTorch
+    return array.reshape(-1)
   return array
 
 

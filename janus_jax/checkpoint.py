@@ -99,15 +99,19 @@ class ParamsWriter:
     return self._written
 
 
+def copy_tokenizer_files(source_dir: str, directory: str) -> None:
+  """Copies the tokenizer/processor files that exist in `source_dir`."""
+  for name in SIDECAR_FILES:
+    src = os.path.join(source_dir, name)
+    if os.path.isfile(src):
+      shutil.copyfile(src, os.path.join(directory, name))
+
+
 def write_sidecars(directory: str, config: JanusConfig, source_dir: str | None = None) -> None:
   """config.json, plus the tokenizer/processor files found in `source_dir`."""
   config.to_json(os.path.join(directory, CONFIG_FILE))
-  if source_dir is None:
-    return
-  for name in SIDECAR_FILES:
-    src = os.path.join(source_dir, name)
-    if os.path.isfile(src) and name != CONFIG_FILE:
-      shutil.copyfile(src, os.path.join(directory, name))
+  if source_dir is not None:
+    copy_tokenizer_files(source_dir, directory)
 
 
 def save(directory: str, params, config: JanusConfig, source_dir: str | None = None,
@@ -158,13 +162,13 @@ def restore_params(directory: str, config: JanusConfig | None = None, dtype=None
                             f"{tuple(stored[key].shape)}, config.json implies {leaf.shape}.")
     want = np.dtype(dtype) if dtype is not None else stored[key].dtype
     target[key] = jax.ShapeDtypeStruct(leaf.shape, want, sharding=shardings[key])
-  return ocp1.load_pytree(os.path.join(directory, PARAMS_DIR), unflatten_dict(target))
+  return ocp1.load(os.path.join(directory, PARAMS_DIR), unflatten_dict(target))
 
 
 def _stored_metadata(path: str) -> dict:
   ocp1, _ = _ocp()
   try:
-    meta = ocp1.pytree_metadata(path).metadata
+    meta = ocp1.metadata(path).metadata
   except Exception as e:  # noqa: BLE001 - orbax raises several types for a bad directory
     raise CheckpointError(f"cannot read the Orbax params at {path}: {e}") from e
   return flatten_dict(meta)

@@ -92,7 +92,10 @@ def build_hf_model(v: Variant, seed: int = 0):
 
 
 def save_hf_model(model, directory) -> str:
+  """save_pretrained plus a tokenizer.json holding the special tokens at TOKENS' ids."""
+  from tests.tiny_tokenizer import write_tokenizer
   model.save_pretrained(str(directory))
+  write_tokenizer(str(directory), model.config.text_config.vocab_size)
   return str(directory)
 
 
