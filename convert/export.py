@@ -67,14 +67,31 @@ def export(src: str, dst: str, layout: str, dtype: str | None = None, overwrite:
   from convert.hf import hf_config_dict
   if layout not in ("hf", "deepseek"):
     raise checkpoint.CheckpointError(f"--layout {layout!r}: choose hf or deepseek.")
-  config = checkpoint.read_config(src)
+  if os.path.lexists(dst) and not overwrite:   # refuse before reading anything
+    raise checkpoint.CheckpointError(f"{os.path.abspath(dst)} already exists; choose another "
+                                     "destination or pass --overwrite to replace it.")
+  try:
+    config = checkpoint.read_config(src)
+  except checkpoint.CheckpointError:
+    raise
+  except (KeyError, TypeError, ValueError) as e:   # not JSON, or not our JanusConfig
+    raise checkpoint.CheckpointError(
+        f"{os.path.join(src, checkpoint.CONFIG_FILE)}: not a valid converted config ({e}); "
+        "reconvert the checkpoint with `python -m convert`.") from e
   if dtype is not None:
     config = config.replace(param_dtype=dtype)
   try:
     config_dict = hf_config_dict(config) if layout == "hf" else deepseek_config_dict(config)
   except ValueError as e:
     raise checkpoint.CheckpointError(str(e)) from None
-  params = checkpoint.restore_params(src, config, dtype)
+  try:
+    params = checkpoint.restore_params(src, config, dtype)
+  except (checkpoint.CheckpointError, OSError):
+    raise
+  except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged data
+    raise checkpoint.CheckpointError(
+        f"cannot read the params at {os.path.join(src, checkpoint.PARAMS_DIR)} "
+        f"({type(e).__name__}: {e}); reconvert the checkpoint with `python -m convert`.") from e
   tensors = export_tensors(params, config, layout)
   del params
   with checkpoint.atomic_directory(dst, overwrite) as tmp:

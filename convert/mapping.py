@@ -7,6 +7,7 @@ The same table drives loading (torch -> Flax) and export (Flax -> torch).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Callable, Iterable, Mapping
 
@@ -30,23 +31,6 @@ class Rule:
   @property
   def stacked(self) -> bool:
     return "{i}" in self.theirs
-
-
-def to_flax(kind: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """One PyTorch tensor -> the Flax layout of `shape` (one layer of a stack)."""
-  if kind == "linear":
-    if tensor.ndim != 2:
-      raise ValueError(f"expected a 2-D linear weight, got shape {tensor.shape}")
-    tensor = tensor.T
-  elif kind == "conv":
-    if tensor.ndim != 4:
-      raise ValueError(f"expected a 4-D conv weight, got shape {tensor.shape}")
-    tensor = tensor.transpose(2, 3, 1, 0)
-  if int(np.prod(tensor.shape)) != int(np.prod(shape)):
-    raise ValueError(f"shape {tensor.shape} does not fit the expected {shape}")
-  if kind in ("conv", "copy") and tuple(tensor.shape) != tuple(shape):
-    raise ValueError(f"shape {tensor.shape} (after layout change) != expected {shape}")
-  return tensor.reshape(shape)
 
 
 def to_torch(kind: str, array: np.ndarray, in_axes: int = 1) -> np.ndarray:
@@ -173,42 +157,68 @@ def torch_shape(rule: Rule, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def iter_params(rules: list[Rule], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
-                get: Callable[[str], np.ndarray], dtype=None):
+                get: Callable[[str], np.ndarray], dtype=None, scratch: np.ndarray | None = None):
   """Yields (Flax path, numpy array) for each rule, building one parameter at a time.
 
   shapes: Flax path -> full shape (stacked params include the leading layers axis).
-  A stacked parameter is written layer by layer into one preallocated array, so the only
-  copy made is the output itself (cast to `dtype` on assignment).
+  Each output is allocated once and filled layer by layer (cast to `dtype` on the way),
+  so the only copy made is the output itself. With `scratch` (a uint8 buffer at least
+  as large as the largest output) every output is a view into it: no page of fresh
+  memory per parameter, but each yielded array is only valid until the next one.
   """
   for r in rules:
     shape = tuple(shapes[r.ours])
-    if r.stacked:
-      first = _layout(r, get, r.theirs.format(i=0), shape[1:])
-      out = np.empty(shape, dtype or first.dtype)
-      out[0] = first
-      for i in range(1, shape[0]):
-        out[i] = _layout(r, get, r.theirs.format(i=i), shape[1:])
+    keys = ([r.theirs.format(i=i) for i in range(shape[0])] if r.stacked else [r.theirs])
+    tensors = (_fetch(get, key) for key in keys)
+    first = next(tensors)
+    out_dtype = np.dtype(dtype or first.dtype)
+    if scratch is None:
+      out = np.empty(shape, out_dtype)
     else:
-      out = _layout(r, get, r.theirs, shape)
-      out = np.array(out, dtype=dtype or out.dtype)   # own the memory: sources are mmapped
+      out = np.ndarray(shape, out_dtype, buffer=scratch)
+    slots = out if r.stacked else out[None]
+    for i, tensor in enumerate(itertools.chain([first], tensors)):
+      _fill(r, keys[i], tensor, slots[i])
     yield r.ours, out
+
+
+def _fetch(get, key: str) -> np.ndarray:
+  try:
+    return get(key)
+  except KeyError:
+    raise KeyError(f"tensor {key!r} is missing from the checkpoint") from None
+
+
+def _fill(rule: Rule, key: str, tensor: np.ndarray, dst: np.ndarray) -> None:
+  """Writes one PyTorch tensor into its Flax slot `dst` (one layer of a stack)."""
+  want = torch_shape(rule, (0,) + dst.shape if rule.stacked else dst.shape)
+  if tuple(tensor.shape) != want:
+    raise ValueError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {want}")
+  if rule.kind == "linear":
+    _copy_transposed(dst.reshape(want[1], want[0]), tensor)
+  elif rule.kind == "conv":
+    dst[...] = tensor.transpose(2, 3, 1, 0)
+  else:
+    dst[...] = tensor.reshape(dst.shape)
+
+
+def _copy_transposed(dst: np.ndarray, src: np.ndarray, tile: int = 64) -> None:
+  """dst[...] = src.T, tile by tile: a plain strided transpose of a large matrix misses
+  the cache on every element and runs several times slower."""
+  rows, cols = src.shape
+  for i in range(0, rows, tile):
+    for j in range(0, cols, tile):
+      dst[j:j + tile, i:i + tile] = src[i:i + tile, j:j + tile].T
+
+
+def max_param_bytes(shapes: Mapping[tuple[str, ...], tuple[int, ...]], dtype) -> int:
+  return max(int(np.prod(s)) for s in shapes.values()) * np.dtype(dtype).itemsize
 
 
 def build_params(rules: list[Rule], shapes: Mapping[tuple[str, ...], tuple[int, ...]],
                  get: Callable[[str], np.ndarray], dtype=None) -> dict:
   """The whole nested Flax param dict (see `iter_params`)."""
   return unflatten(dict(iter_params(rules, shapes, get, dtype)))
-
-
-def _layout(rule: Rule, get, key: str, shape) -> np.ndarray:
-  try:
-    tensor = get(key)
-  except KeyError:
-    raise KeyError(f"tensor {key!r} is missing from the checkpoint") from None
-  try:
-    return to_flax(rule.kind, tensor, shape)
-  except ValueError as e:
-    raise ValueError(f"tensor {key!r}: {e}") from None
 
 
 def export_tensors(rules: list[Rule], flat_params: Mapping[tuple[str, ...], np.ndarray]) -> dict:

@@ -43,13 +43,41 @@ class Plan:
       return self.getter.source_key(key)
     return _TIED.get(key, key) if key not in self.source.keys() else key
 
+  def where(self, key: str) -> str:
+    """The file holding a tensor (our key or the checkpoint's), else the directory."""
+    name = key if key in self.source.keys() else self.describe(key)
+    return self.source.file_of(name) if name in self.source.keys() else self.source_dir
+
 
 def _read_json(path: str) -> dict:
   try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"cannot read {path}: {e}") from e
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}); restore the file that came with "
+                          "the checkpoint.") from e
+  except OSError as e:
+    raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+  if not isinstance(data, dict):
+    raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; restore "
+                          "the file that came with the checkpoint.")
+  return data
+
+
+def _token_ids(source_dir: str) -> dict:
+  """Special token ids from the tokenizer files, any problem with them as a CheckpointError."""
+  try:
+    return special_token_ids(source_dir)
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001 - malformed JSON or unexpected structure
+    for name in ("generation_config.json", "tokenizer.json"):
+      path = os.path.join(source_dir, name)
+      if os.path.exists(path):
+        _read_json(path)      # raises, naming the file, if that is the problem
+    raise CheckpointError(f"{source_dir}: cannot read the special token ids from "
+                          f"tokenizer.json / generation_config.json ({type(e).__name__}: {e}).") \
+        from e
 
 
 class _TiedGetter:
@@ -84,7 +112,8 @@ def plan(source_dir: str, layout: str = "auto", dtype: str | None = None) -> Pla
   try:
     detected = detect_layout(source.keys(), source=source_dir)
   except ValueError as e:
-    raise CheckpointError(str(e)) from None
+    raise CheckpointError(f"{e}; this converter reads Janus checkpoints only (not a plain "
+                          "language or vision model).") from None
   if layout != "auto" and layout != detected:
     raise CheckpointError(f"{source_dir} holds a {detected!r}-layout checkpoint, not "
                           f"{layout!r}; pass --layout auto or --layout {detected}.")
@@ -93,7 +122,7 @@ def plan(source_dir: str, layout: str = "auto", dtype: str | None = None) -> Pla
     raise CheckpointError(f"{source_dir} has no config.json; the converter needs the "
                           "checkpoint's own config to know the model sizes.")
   raw = _read_json(config_path)
-  token_ids = special_token_ids(source_dir)
+  token_ids = _token_ids(source_dir)
   try:
     if detected == "hf":
       config = config_from_hf(raw, token_ids)
@@ -101,8 +130,10 @@ def plan(source_dir: str, layout: str = "auto", dtype: str | None = None) -> Pla
     else:
       config = config_from_deepseek(raw, token_ids)
       getter = DeepseekAsHF(source)
-  except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{config_path}: cannot build the model config ({e}).") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+    raise CheckpointError(f"{config_path}: cannot build the model config ({what}); is this the "
+                          f"config.json of a {detected}-layout Janus checkpoint?") from None
   if dtype is not None:
     config = config.replace(param_dtype=dtype, dtype=dtype)
   shapes = flax_shapes(config)
@@ -128,18 +159,20 @@ def _check_tensors(p: Plan) -> None:
                             "checkpoint is incomplete or its config.json describes another model.")
     got = tuple(p.getter.shape(key))
     if got != shape:
-      raise CheckpointError(f"{p.source_dir}: tensor {p.describe(key)!r} has shape {got}, "
-                            f"config.json implies {shape}.")
+      raise CheckpointError(f"{p.where(key)}: tensor {p.describe(key)!r} has shape {got}, "
+                            f"config.json implies {shape}; the weights and config.json do not "
+                            "belong together.")
     dtype = p.getter.dtype(key)
     if dtype not in FLOAT_DTYPES:
-      raise CheckpointError(f"{p.source_dir}: tensor {p.describe(key)!r} has dtype {dtype}; "
-                            f"weights must be one of {FLOAT_DTYPES}.")
+      raise CheckpointError(f"{p.where(key)}: tensor {p.describe(key)!r} has dtype {dtype}; "
+                            f"weights must be one of {', '.join(FLOAT_DTYPES)}.")
   extra = sorted(available - set(expected) - set(_TIED))
   if isinstance(p.getter, DeepseekAsHF):
-    extra += p.getter.unexpected()
+    extra = sorted(set(p.describe(k) for k in extra) | set(p.getter.unexpected()))
   if extra:
-    raise CheckpointError(f"{p.source_dir}: unexpected tensor {extra[0]!r} "
-                          f"({len(extra)} in all); is this checkpoint's config.json the right one?")
+    raise CheckpointError(f"{p.where(extra[0])}: unexpected tensor {extra[0]!r} "
+                          f"({len(extra)} in all); the checkpoint holds weights its config.json "
+                          "does not describe: is config.json the right one?")
 
 
 def _target_dtype(p: Plan, dtype: str | None):
@@ -148,27 +181,42 @@ def _target_dtype(p: Plan, dtype: str | None):
   return np.dtype(jnp.dtype(name))
 
 
-def iter_params(p: Plan, dtype: str | None = None, progress: bool = False):
-  """(Flax path, numpy array) one parameter at a time, in the target dtype."""
+def iter_params(p: Plan, dtype: str | None = None, progress: bool = False,
+                reuse_buffer: bool = False):
+  """(Flax path, numpy array) one parameter at a time, in the target dtype.
+
+  reuse_buffer: every array is a view into one buffer, valid until the next is yielded
+  (first-touching fresh pages for each multi-GB parameter costs more than the copy).
+  """
   from tqdm import tqdm
-  items = mapping.iter_params(p.rules, p.shapes, p.getter, _target_dtype(p, dtype))
-  yield from tqdm(items, total=len(p.rules), desc="tensors", unit="param", disable=not progress,
-                  dynamic_ncols=True)
+  target = _target_dtype(p, dtype)
+  scratch = (np.empty(mapping.max_param_bytes(p.shapes, target), np.uint8)
+             if reuse_buffer else None)
+  items = mapping.iter_params(p.rules, p.shapes, p.getter, target, scratch)
+  try:
+    for item in tqdm(items, total=len(p.rules), desc="tensors", unit="param",
+                     disable=not progress, dynamic_ncols=True):
+      p.source.release_pages()   # the output owns its memory; the source pages can go
+      yield item
+  except CheckpointError:
+    raise
+  except (KeyError, ValueError) as e:   # a tensor that passed the checks but cannot be laid out
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise CheckpointError(f"{p.source_dir}: {message}") from e
 
 
 def convert(source_dir: str, dst: str, layout: str = "auto", dtype: str | None = "bfloat16",
             overwrite: bool = False, progress: bool = True) -> dict:
   """Converts a checkpoint directory to a converted (Orbax) directory. Returns a summary."""
   start = time.perf_counter()
+  _check_destination(source_dir, dst, overwrite)   # before the (slower) checks of SRC
   p = plan(source_dir, layout, dtype)
-  if os.path.abspath(dst) == os.path.abspath(source_dir):
-    raise CheckpointError("DST must differ from SRC.")
   with checkpoint.atomic_directory(dst, overwrite) as tmp:
     writer = checkpoint.ParamsWriter(tmp)
     vq = {}
-    for path, array in iter_params(p, progress=progress):
+    for path, array in iter_params(p, progress=progress, reuse_buffer=True):
       if path[0] == "vq":           # ~150 small tensors: one write instead of many
-        vq[path] = array
+        vq[path] = array.copy()     # the buffer is reused for the next parameter
         continue
       writer.add(unflatten_dict({path: array}))
       del array
@@ -178,6 +226,23 @@ def convert(source_dir: str, dst: str, layout: str = "auto", dtype: str | None =
   return dict(source=source_dir, destination=dst, layout=p.layout, dtype=p.config.param_dtype,
               params=sum(int(np.prod(s)) for s in p.shapes.values()), bytes=written,
               source_bytes=p.source.size_bytes, seconds=time.perf_counter() - start)
+
+
+def _check_destination(source_dir: str, dst: str, overwrite: bool) -> None:
+  src, out = os.path.realpath(source_dir), os.path.realpath(dst)
+  if out == src:
+    raise CheckpointError(f"{dst}: DST must differ from SRC.")
+  if not os.path.lexists(dst):
+    return
+  if not overwrite:
+    raise CheckpointError(f"{os.path.abspath(dst)} already exists; choose another destination "
+                          "or pass --overwrite to replace it.")
+  if not os.path.isdir(dst) or os.path.islink(dst):
+    raise CheckpointError(f"{os.path.abspath(dst)} exists and is not a directory; --overwrite "
+                          "replaces only a directory. Remove it or choose another destination.")
+  if os.path.commonpath([src, out]) == out:
+    raise CheckpointError(f"{os.path.abspath(dst)} contains SRC; --overwrite would delete the "
+                          "checkpoint being converted. Choose another destination.")
 
 
 def load_pytorch(source_dir: str, dtype: str | None = None, mesh=None, rules=None,

@@ -26,8 +26,8 @@ class _SafetensorsFile:
       self._keys = list(self._handle.keys())
       self._meta = {k: self._handle.get_slice(k) for k in self._keys}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-      raise CheckpointError(f"{os.path.basename(path)}: not a readable safetensors file "
-                            f"({e}); the file may be truncated or corrupt.") from e
+      raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the file may be "
+                            "truncated or corrupt: download it again.") from e
 
   def keys(self):
     return self._keys
@@ -41,14 +41,18 @@ class _SafetensorsFile:
                                                                  self._meta[key].get_dtype())
 
   def __call__(self, key):
-    return self._handle.get_tensor(key)
+    return _read(self.path, key, self._handle.get_tensor)
 
 
 class _BinFile:
   def __init__(self, path: str):
     from convert.torch_pickle import TorchBinFile
     self.path = path
-    self._file = TorchBinFile(path)
+    try:
+      self._file = TorchBinFile(path)
+    except CheckpointError as e:
+      raise CheckpointError(f"{e}; download the file again, or re-save the state dict with "
+                            "torch.save (tensors only).") from e
 
   def keys(self):
     return list(self._file.keys())
@@ -60,7 +64,23 @@ class _BinFile:
     return np.dtype(self._file.dtype(key)).name
 
   def __call__(self, key):
-    return self._file(key)
+    return _read(self.path, key, self._file)
+
+  def release_pages(self):
+    self._file.release_pages()
+
+
+def _read(path: str, key: str, get) -> np.ndarray:
+  """get(key), with any failure to read the data (only noticed now, e.g. a corrupt
+  compressed record or a file truncated after it was opened) as a CheckpointError."""
+  try:
+    return get(key)
+  except CheckpointError as e:
+    raise CheckpointError(f"{e} (while reading tensor {key!r}); the file may be truncated or "
+                          "corrupt: download it again.") from e
+  except Exception as e:  # noqa: BLE001 - zlib, zipfile, safetensors and OS errors alike
+    raise CheckpointError(f"{path}: cannot read tensor {key!r} ({type(e).__name__}: {e}); the "
+                          "file may be truncated or corrupt: download it again.") from e
 
 
 class TensorSource:
@@ -84,8 +104,7 @@ class TensorSource:
     index = _index_path(self.directory)
     if index is None:
       return
-    from convert.torch_pickle import read_index
-    for key, name in read_index(index).items():
+    for key, name in _read_index(index).items():
       handle = self._where.get(key)
       if handle is None or os.path.basename(handle.path) != os.path.basename(name):
         raise CheckpointError(f"{os.path.basename(index)} places {key!r} in {name}, but that "
@@ -98,6 +117,10 @@ class TensorSource:
   def keys(self):
     return self._where.keys()
 
+  def file_of(self, key) -> str:
+    """The path of the file holding tensor `key`."""
+    return self._where[key].path
+
   def shape(self, key):
     return self._where[key].shape(key)
 
@@ -106,6 +129,12 @@ class TensorSource:
 
   def __call__(self, key) -> np.ndarray:
     return self._where[key](key)
+
+  def release_pages(self) -> None:
+    """Lets go of memory-mapped pages read so far (call between parameters)."""
+    for handle in {id(h): h for h in self._where.values()}.values():
+      if hasattr(handle, "release_pages"):
+        handle.release_pages()
 
 
 def _index_path(directory: str) -> str | None:
@@ -116,15 +145,26 @@ def _index_path(directory: str) -> str | None:
   return None
 
 
+def _read_index(path: str) -> dict[str, str]:
+  from convert.torch_pickle import read_index
+  try:
+    return read_index(path)
+  except CheckpointError as e:
+    raise CheckpointError(f"{e}; every shard in 'weight_map' must be a file next to the index "
+                          "(restore the index that came with the checkpoint).") from e
+
+
 def find_weight_files(directory: str) -> list[str]:
   """The weight files of a checkpoint directory (safetensors preferred over .bin)."""
+  if not os.path.exists(directory):
+    raise CheckpointError(f"{directory} does not exist; pass the checkpoint folder that "
+                          "holds config.json and the weight files.")
   if not os.path.isdir(directory):
     raise CheckpointError(f"{directory} is not a directory; pass the checkpoint folder that "
                           "holds config.json and the weight files.")
   index = _index_path(directory)
   if index is not None:
-    from convert.torch_pickle import read_index
-    names = sorted(set(read_index(index).values()))
+    names = sorted(set(_read_index(index).values()))
     return [os.path.join(directory, n) for n in names]
   entries = sorted(os.listdir(directory))
   safetensors = [e for e in entries if e.endswith(".safetensors")]

@@ -255,6 +255,12 @@ class TorchBinFile:
     return np.ndarray(t.shape, t.dtype, buffer=buffer, offset=base + t.offset * size,
                       strides=tuple(s * size for s in t.stride))
 
+  def release_pages(self) -> None:
+    """Drops the mapped pages from this process' resident memory (they stay in the page
+    cache and are re-read on the next access), so streaming a large file keeps RSS flat."""
+    if self._mmap is not None and hasattr(mmap, "MADV_DONTNEED"):
+      self._mmap.madvise(mmap.MADV_DONTNEED)
+
   def close(self) -> None:
     try:
       if self._mmap is not None:

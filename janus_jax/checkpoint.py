@@ -85,8 +85,12 @@ class ParamsWriter:
     self._written = 0
 
   def add(self, subtree: Mapping) -> int:
-    _, partial = _ocp()
-    partial.save(self.path, dict(subtree))
+    ocp1, partial = _ocp()
+    context = ocp1.Context()
+    # Trained weights barely compress; zstd would cost more time than it saves space.
+    context.array.saving.use_compression = False
+    with context:
+      partial.save(self.path, dict(subtree))
     size = sum(int(np.asarray(x).nbytes) if not isinstance(x, jax.Array) else x.nbytes
                for x in jax.tree.leaves(subtree))
     self._written += size
