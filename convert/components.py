@@ -251,6 +251,10 @@ class _VQFile:
   def __call__(self, key):
     return self._file(self._own[key])
 
+  def release_pages(self) -> None:
+    if hasattr(self._file, "release_pages"):
+      self._file.release_pages()
+
   def unprefixed_shapes(self) -> dict[str, tuple]:
     return {k.removeprefix(_VQ_PREFIX): self.shape(k) for k in self._own}
 
@@ -333,6 +337,12 @@ class Plan:
   warnings: list
   dropped: int
   size_bytes: int
+  readers: list = dataclasses.field(default_factory=list)   # the open files
+
+  def release_pages(self) -> None:
+    for reader in self.readers:
+      if hasattr(reader, "release_pages"):
+        reader.release_pages()
 
   def get(self, hf_key: str) -> np.ndarray:
     return self.tensors[hf_key].read()
@@ -398,7 +408,8 @@ def plan(llm: str, siglip: str, vq: str, seed: int = 0, dtype: str = "bfloat16",
     raise CheckpointError(f"{path}: unexpected tensor {key!r} ({len(unexpected)} in all); is it "
                           f"the {part} checkpoint described by its config.json?")
   size = llm_source.size_bytes + siglip_source.size_bytes + os.path.getsize(vq)
-  return Plan(config, rules, shapes, tensors, sources, seed, warnings, dropped, size)
+  return Plan(config, rules, shapes, tensors, sources, seed, warnings, dropped, size,
+              [llm_source, siglip_source, vq_file])
 
 
 # --- fresh parameters ---------------------------------------------------------------------------
@@ -422,22 +433,37 @@ def fresh_params(config: JanusConfig, seed: int) -> dict:
   rng = jax.random.key(seed)
   got = jax.eval_shape(init, rng)
   want = abstract_params(config)
-  assert set(got) == set(FRESH), f"fresh init made {sorted(got)}"
   same = lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype)
-  assert jax.tree.all(jax.tree.map(same, got, {k: want[k] for k in FRESH})), \
-      "fresh params differ in shape/dtype from the Janus tree"
+  if set(got) != set(FRESH) or not jax.tree.all(
+      jax.tree.map(same, got, {k: want[k] for k in FRESH})):
+    raise RuntimeError(f"the fresh init does not match the Janus param tree: made {sorted(got)}")
   return jax.device_get(jax.jit(init)(rng))
 
 
-def iter_params(p: Plan, progress: bool = False):
-  """(Flax path, numpy array): every parameter read from the components, then the fresh ones."""
+def iter_params(p: Plan, progress: bool = False, reuse_buffer: bool = False):
+  """(Flax path, numpy array): every parameter read from the components, then the fresh ones.
+
+  reuse_buffer: each array read from a component is a view into one buffer, valid until
+  the next one is yielded (see `convert.pipeline.iter_params`).
+  """
   from flax.traverse_util import flatten_dict
   from tqdm import tqdm
   import jax.numpy as jnp
   target = np.dtype(jnp.dtype(p.config.param_dtype))
-  items = mapping.iter_params(p.rules, p.shapes, p.get, target)
-  yield from tqdm(items, total=len(p.rules), desc="tensors", unit="param", disable=not progress,
-                  dynamic_ncols=True)
+  scratch = (np.empty(mapping.max_param_bytes({r.ours: p.shapes[r.ours] for r in p.rules},
+                                              target), np.uint8) if reuse_buffer else None)
+  items = mapping.iter_params(p.rules, p.shapes, p.get, target, scratch)
+  try:
+    for item in tqdm(items, total=len(p.rules), desc="tensors", unit="param",
+                     disable=not progress, dynamic_ncols=True):
+      p.release_pages()          # the output owns its memory; the source pages can go
+      yield item
+  except CheckpointError:
+    raise
+  except (KeyError, ValueError) as e:   # passed the checks but cannot be laid out
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise CheckpointError(f"{message} (components {', '.join(p.sources.values())})") from e
+  del scratch
   for path, array in flatten_dict(fresh_params(p.config, p.seed)).items():
     yield path, np.asarray(array, target)
 
@@ -461,20 +487,21 @@ def convert_components(llm: str, siglip: str, vq: str, dst: str, seed: int = 0,
   """Writes the assembled checkpoint directory `dst` (atomically). Returns a summary."""
   from flax.traverse_util import unflatten_dict
   from janus_jax import checkpoint
+  from convert.pipeline import _check_destination
   start = time.perf_counter()
+  for source in (llm, siglip, os.path.dirname(os.path.abspath(vq))):
+    _check_destination(source, dst, overwrite)   # before reading anything
   p = plan(llm, siglip, vq, seed, dtype, vision_image_size)
   for message in p.warnings:
     warn(message)
-  if os.path.abspath(dst) in (os.path.abspath(llm), os.path.abspath(siglip)):
-    raise CheckpointError("DST must differ from the component directories.")
   with checkpoint.atomic_directory(dst, overwrite) as tmp:
     writer = checkpoint.ParamsWriter(tmp)
     groups: dict[str, dict] = {}
-    for path, array in iter_params(p, progress=progress):
+    for path, array in iter_params(p, progress=progress, reuse_buffer=True):
       if path[0] == "llm":          # the big ones: one write each
         writer.add(unflatten_dict({path: array}))
       else:                         # many small ones: one write per module
-        groups.setdefault(path[0], {})[path] = array
+        groups.setdefault(path[0], {})[path] = array.copy()   # the buffer is reused
       del array
     for group in groups.values():
       writer.add(unflatten_dict(group))

@@ -1,0 +1,414 @@
+"""Compiled sampling loops: text-to-image with classifier-free guidance, and visual chat.
+
+Each batch runs as ONE jitted program: the prompt prefill and every decode step (a
+`lax.scan` over image tokens, a `lax.while_loop` that stops when every answer has
+ended) with a preallocated KV cache. Prompt lengths are padded to buckets, so a new
+prompt length rarely means a new compilation. Randomness is keyed per image / per
+answer (`fold_in(seed, global index)` then the step), so a sample does not depend on
+what else shares its batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+from janus_jax import sharding as sharding_lib
+from janus_jax.config import JanusConfig
+from janus_jax.modules.janus import Janus
+from janus_jax.modules.llm import init_cache
+
+BUCKET = 32   # prompt lengths are padded up to a multiple of this
+
+
+def bucket_length(n: int, multiple: int = BUCKET) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+# --- token selection -------------------------------------------------------------------------
+def select_tokens(logits, keys, temperature, top_p, *, top_k: int | None, greedy: bool):
+  """Picks one token per row. logits [R, V] float32; keys [R] PRNG keys -> int32 [R].
+
+  greedy: argmax. Otherwise logits / temperature, optionally restricted to the top_k
+  tokens and to the smallest set whose probability reaches top_p, then sampled.
+  """
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k is not None:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p is not None:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token while the mass before it is below top_p (the first always stays).
+    keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep, logits, -jnp.inf)
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _step_keys(keys, step):
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+
+
+# The token progress bar of the running generation; the compiled loops report to it
+# through one fixed callback (a fresh closure per call would defeat the program cache).
+_ACTIVE_BAR: list = [None]
+_REPORT_EVERY = 16
+
+
+def _report_progress(step):
+  bar = _ACTIVE_BAR[0]
+  step = int(step)
+  if bar is not None and (step % _REPORT_EVERY == 0 or step == bar.total):
+    bar.n = step
+    bar.refresh()
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(program, key, *args):
+  """AOT-compiles `program` for these arguments once (so compile time is measured apart)."""
+  if key not in _COMPILED:
+    _COMPILED[key] = program.lower(*args).compile()
+  return _COMPILED[key]
+
+
+def _constrain_cache(cache):
+  """Rows of the KV cache follow the batch sharding, kv heads the tensor axis."""
+  spec = ("layers", "batch", "length", "kv_heads", "head_dim")
+  return {k: nn.with_logical_constraint(v, spec) for k, v in cache.items()}
+
+
+# --- image generation --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _ImageStatic:
+  config: JanusConfig
+  top_k: int | None
+  greedy: bool
+  progress: bool   # report decoded tokens to the active progress bar
+
+
+@functools.lru_cache(maxsize=32)
+def _image_program(static: _ImageStatic):
+  cfg = static.config
+  model = Janus(cfg)
+  num_tokens = cfg.vq.num_tokens
+  compute = jnp.dtype(cfg.dtype)
+
+  def run(params, ids, mask, positions, keys, cfg_weight, temperature, top_p):
+    """ids/mask/positions [B, L] (left-padded prompts ending in <begin_of_image>);
+    keys [B] -> image codes int32 [B, num_tokens]."""
+    b, length = ids.shape
+    # Rows [0, B) are conditional, [B, 2B) unconditional: BOS and <begin_of_image> kept,
+    # every other token replaced by pad (JANUS.md §4.1, §4.3).
+    keep = (ids == cfg.bos_token_id) | (ids == cfg.boi_token_id)
+    uncond = jnp.where(keep, ids, cfg.pad_token_id)
+    all_ids = jnp.concatenate([ids, uncond])
+    all_pos = jnp.concatenate([positions, positions])
+    key_mask = jnp.concatenate([jnp.concatenate([mask, mask]),
+                                jnp.ones((2 * b, num_tokens), mask.dtype)], axis=1)
+    cache = _constrain_cache(init_cache(cfg.llm, 2 * b, length + num_tokens, compute))
+
+    def guided(logits):           # [2B, V] -> [B, V]
+      cond, free = logits[:b], logits[b:]
+      return free + cfg_weight * (cond - free)
+
+    def pick(logits, step):
+      return select_tokens(guided(logits), _step_keys(keys, step), temperature, top_p,
+                           top_k=static.top_k, greedy=static.greedy)
+
+    def prefill(m, cache):
+      hidden, cache = m.decode(m.embed(all_ids), all_pos, key_mask, cache, 0)
+      return m.gen_logits(hidden[:, -1]), cache
+
+    logits, cache = model.apply({"params": params}, cache, method=prefill)
+    first = pick(logits, 0)
+    last_pos = all_pos[:, -1:]
+
+    def step(m, token, cache, i):
+      embeds = m.gen_embeds(jnp.concatenate([token, token])[:, None])
+      hidden, cache = m.decode(embeds, last_pos + i, key_mask, cache, length + i - 1)
+      return m.gen_logits(hidden[:, 0]), cache
+
+    def body(carry, i):
+      token, cache = carry
+      logits, cache = model.apply({"params": params}, token, cache, i, method=step)
+      token = pick(logits, i)
+      if static.progress:
+        jax.debug.callback(_report_progress, i + 1)
+      return (token, cache), token
+
+    _, rest = jax.lax.scan(body, (first, cache), jnp.arange(1, num_tokens))
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=8)
+def _vq_decode_program(config: JanusConfig):
+  model = Janus(config)
+
+  def run(params, codes):
+    images = model.apply({"params": params}, codes, method=Janus.decode_codes)
+    # The reference's conversion: clip((x + 1) / 2 * 255, 0, 255), truncated to uint8.
+    return jnp.clip((images + 1) / 2 * 255, 0, 255).astype(jnp.uint8)
+
+  return jax.jit(run)
+
+
+def _mesh_rows(mesh) -> int:
+  return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def _put(mesh, *arrays):
+  if mesh is None:
+    return [jnp.asarray(a) for a in arrays]
+  return [jax.device_put(a, sharding_lib.batch_sharding(mesh, np.ndim(a))) for a in arrays]
+
+
+def _image_keys(seed: int, indices: Sequence[int]):
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def generate_image_codes(p, prompts: Sequence[str], *, num_images: int = 1,
+                         cfg_weight: float = 5.0, temperature: float = 1.0,
+                         top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                         batch_size: int | None = None, mesh=None, progress: bool = False,
+                         timings: dict | None = None) -> np.ndarray:
+  """Text -> VQ codes int32 [len(prompts) * num_images, h*w] (prompt-major order).
+
+  Greedy selection when top_k == 1 or temperature == 0. batch_size: images per compiled
+  batch (default: all); the last batch is padded, so every batch has the same shape.
+  """
+  _check_generation_args(p, prompts, num_images, temperature, top_k, top_p)
+  cfg = p.config
+  rows = [(i, n) for i in range(len(prompts)) for n in range(num_images)]
+  batch_size = min(batch_size or len(rows), len(rows))
+  multiple = _mesh_rows(mesh)
+  batch_size = -(-batch_size // multiple) * multiple
+  encoded = p.processor.generation_batch(list(prompts))
+  max_length = cfg.llm.max_position_embeddings - cfg.vq.num_tokens
+  length = bucket_length(encoded["input_ids"].shape[1])
+  if encoded["attention_mask"].sum(1).max() > max_length:
+    raise ValueError(f"prompt of {int(encoded['attention_mask'].sum(1).max())} tokens leaves no "
+                     f"room for {cfg.vq.num_tokens} image tokens in the context of "
+                     f"{cfg.llm.max_position_embeddings}; shorten it.")
+  encoded = p.processor.generation_batch(list(prompts), pad_to=length)
+  greedy = top_k == 1 or temperature == 0
+  from tqdm import tqdm
+  batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+  token_bar = tqdm(total=cfg.vq.num_tokens, desc="image tokens", unit="tok", leave=False,
+                   disable=not progress)
+  static = _ImageStatic(cfg, None if greedy else top_k, greedy, progress)
+  program = _image_program(static)
+  scalars = [jnp.float32(cfg_weight), jnp.float32(temperature),
+             jnp.float32(1.0 if top_p is None else top_p)]
+  out = []
+  timings = {} if timings is None else timings
+  timings.setdefault("compile_s", 0.0)
+  timings.setdefault("generate_s", 0.0)
+  context = sharding_lib.use_mesh(mesh) if mesh is not None else _null()
+  _ACTIVE_BAR[0] = token_bar if progress else None
+  with context:
+    for batch in tqdm(batches, desc="image batches", unit="batch", disable=not progress):
+      padded = batch + [batch[-1]] * (batch_size - len(batch))
+      prompt_rows = [i for i, _ in padded]
+      ids, mask, pos = (encoded[k][prompt_rows] for k in ("input_ids", "attention_mask", "positions"))
+      keys = _image_keys(seed, [i * num_images + n for i, n in padded])
+      args = [p.params] + _put(mesh, ids, mask, pos) + [keys] + scalars
+      start = time.perf_counter()
+      compiled = _compiled(program, (static, ids.shape, id(mesh)), *args)
+      timings["compile_s"] += time.perf_counter() - start
+      start = time.perf_counter()
+      token_bar.reset()
+      codes = np.asarray(compiled(*args))[:len(batch)]
+      timings["generate_s"] += time.perf_counter() - start
+      out.append(codes)
+  _ACTIVE_BAR[0] = None
+  token_bar.close()
+  return np.concatenate(out)
+
+
+def decode_images(p, codes: np.ndarray, batch_size: int = 8) -> np.ndarray:
+  """VQ codes [N, h*w] -> uint8 images [N, H, W, 3] (the reference's conversion)."""
+  program = _vq_decode_program(p.config)
+  out = []
+  for i in range(0, len(codes), batch_size):
+    chunk = codes[i:i + batch_size]
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+    out.append(np.asarray(program(p.params, jnp.asarray(padded)))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def generate_images(p, prompts: Sequence[str], *, num_images: int = 1, cfg_weight: float = 5.0,
+                    temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, seed: int = 0, batch_size: int | None = None,
+                    mesh=None, progress: bool = False, timings: dict | None = None) -> np.ndarray:
+  """Text -> uint8 images [len(prompts) * num_images, H, W, 3], prompt-major order.
+
+  p: what `janus_jax.load` returns (needs its processor). cfg_weight: w in
+  uncond + w * (cond - uncond). top_k=1 (or temperature=0) selects greedily.
+  """
+  codes = generate_image_codes(p, prompts, num_images=num_images, cfg_weight=cfg_weight,
+                               temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               batch_size=batch_size, mesh=mesh, progress=progress,
+                               timings=timings)
+  return decode_images(p, codes)
+
+
+def _check_generation_args(p, prompts, num_images, temperature, top_k, top_p):
+  if p.processor is None:
+    raise ValueError("this checkpoint has no tokenizer files (tokenizer.json); copy them into "
+                     "the checkpoint directory to generate from text.")
+  if isinstance(prompts, str):
+    raise ValueError("prompts must be a list of strings, not one string.")
+  if not prompts:
+    raise ValueError("no prompts given.")
+  if num_images < 1:
+    raise ValueError(f"num_images must be at least 1, got {num_images}.")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}.")
+  if top_k is not None and top_k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}.")
+  if top_p is not None and not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+# --- visual chat -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _TextStatic:
+  config: JanusConfig
+  max_new_tokens: int
+  greedy: bool
+
+
+@functools.lru_cache(maxsize=32)
+def _text_program(static: _TextStatic):
+  cfg = static.config
+  model = Janus(cfg)
+  compute = jnp.dtype(cfg.dtype)
+  new = static.max_new_tokens
+
+  def run(params, ids, mask, positions, pixel_values, keys, temperature, top_p):
+    """ids/mask/positions [B, L]; pixel_values [B, N, S, S, 3] -> (tokens int32 [B, new],
+    steps run). Finished rows are filled with pad after their EOS."""
+    b, length = ids.shape
+    key_mask = jnp.concatenate([mask, jnp.ones((b, new), mask.dtype)], axis=1)
+    cache = _constrain_cache(init_cache(cfg.llm, b, length + new, compute))
+
+    def pick(logits, step):
+      return select_tokens(logits, _step_keys(keys, step), temperature, top_p, top_k=None,
+                           greedy=static.greedy)
+
+    def prefill(m, cache):
+      hidden, cache = m.decode(m.embed(ids, pixel_values), positions, key_mask, cache, 0)
+      return m.text_logits(hidden[:, -1]), cache
+
+    logits, cache = model.apply({"params": params}, cache, method=prefill)
+    token = pick(logits, 0)
+    tokens = jnp.full((b, new), cfg.pad_token_id, jnp.int32).at[:, 0].set(token)
+    done = token == cfg.eos_token_id
+    last_pos = positions[:, -1:]
+
+    def step(m, token, cache, i):
+      hidden, cache = m.decode(m.embed(token[:, None]), last_pos + i, key_mask, cache,
+                               length + i - 1)
+      return m.text_logits(hidden[:, 0]), cache
+
+    def cond(state):
+      i, _, _, _, done = state
+      return (i < new) & ~jnp.all(done)
+
+    def body(state):
+      i, token, cache, tokens, done = state
+      logits, cache = model.apply({"params": params}, token, cache, i, method=step)
+      token = jnp.where(done, cfg.pad_token_id, pick(logits, i))
+      tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
+      return i + 1, token, cache, tokens, done | (token == cfg.eos_token_id)
+
+    steps, _, _, tokens, _ = jax.lax.while_loop(cond, body, (1, token, cache, tokens, done))
+    return tokens, steps
+
+  return jax.jit(run)
+
+
+def generate_text_tokens(p, questions: Sequence, images: Sequence, *, max_new_tokens: int = 512,
+                         temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
+                         mesh=None, timings: dict | None = None) -> np.ndarray:
+  """Answers as token ids int32 [B, max_new_tokens] (pad after EOS). See generate_text."""
+  if p.processor is None:
+    raise ValueError("this checkpoint has no tokenizer files (tokenizer.json); copy them into "
+                     "the checkpoint directory to chat.")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}.")
+  cfg = p.config
+  batch = p.processor.understanding_batch(list(questions), list(images))
+  longest = batch["input_ids"].shape[1]
+  if longest + max_new_tokens > cfg.llm.max_position_embeddings:
+    raise ValueError(f"prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the "
+                     f"context of {cfg.llm.max_position_embeddings}; shorten it.")
+  batch = p.processor.understanding_batch(list(questions), list(images),
+                                          pad_to=bucket_length(longest))
+  rows = len(questions)
+  padded_rows = -(-rows // _mesh_rows(mesh)) * _mesh_rows(mesh)
+  arrays = [batch[k] for k in ("input_ids", "attention_mask", "positions", "pixel_values")]
+  arrays = [np.concatenate([a, np.repeat(a[-1:], padded_rows - rows, 0)]) for a in arrays]
+  keys = _image_keys(seed, range(padded_rows))
+  program = _text_program(_TextStatic(cfg, max_new_tokens, temperature == 0))
+  timings = {} if timings is None else timings
+  context = sharding_lib.use_mesh(mesh) if mesh is not None else _null()
+  with context:
+    args = [p.params] + _put(mesh, *arrays) + [keys, jnp.float32(max(temperature, 1e-6)),
+                                               jnp.float32(1.0 if top_p is None else top_p)]
+    start = time.perf_counter()
+    static = _TextStatic(cfg, max_new_tokens, temperature == 0)
+    compiled = _compiled(program, (static, arrays[0].shape, arrays[3].shape, id(mesh)), *args)
+    timings["compile_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokens, steps = compiled(*args)
+    tokens = np.asarray(tokens)[:rows]
+    timings["generate_s"] = time.perf_counter() - start
+    timings["steps"] = int(steps)
+  return tokens
+
+
+def generate_text(p, questions: Sequence, images: Sequence, *, max_new_tokens: int = 512,
+                  temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
+                  mesh=None, timings: dict | None = None) -> list[str]:
+  """Answers to questions about images, decoded without special tokens.
+
+  questions[b]: a question string or a list of {"role", "content"} turns; images[b]: a
+  PIL image, a path, a uint8 array, or a list of them (one per <image_placeholder>).
+  temperature 0 is greedy; otherwise sampling with optional top_p.
+  """
+  tokens = generate_text_tokens(p, questions, images, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed, mesh=mesh,
+                                timings=timings)
+  eos = p.config.eos_token_id
+  answers = []
+  for row in tokens:
+    stop = np.nonzero(row == eos)[0]
+    answers.append(p.processor.decode(row[:stop[0]] if len(stop) else row))
+  return answers
