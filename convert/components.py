@@ -129,7 +129,8 @@ def vq_config(keys: dict[str, tuple], image_size: int, path: str) -> VQConfig:
       raise CheckpointError(f"{path}: encoder level {i} has {width} channels, not a multiple of "
                             f"the base {base}")
     mult.append(width // base)
-  res = {int(m.group(1)) for k in keys if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))}
+  res = {int(m.group(1)) for k in keys
+         if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))}
   codebook_size, codebook_dim = shape("quantize.embedding.weight")
   try:
     return VQConfig(image_size=image_size, codebook_size=codebook_size, codebook_dim=codebook_dim,
@@ -226,8 +227,9 @@ class _VQFile:
       except CheckpointError as e:
         hint = ""
         if "argparse" in str(e):
-          hint = (" (a LlamaGen training checkpoint stores its argparse args; keep only the "
-                  "weights: torch.save({'model': torch.load(FILE, weights_only=False)['model']}, NEW))")
+          hint = (" (LlamaGen training checkpoints also pickle their argparse args; if you "
+                  "trust the file, keep only the weights: torch.save({'model': torch.load(FILE, "
+                  "weights_only=False)['model']}, NEW))")
         raise CheckpointError(f"{e}{hint}") from None
       dtype = lambda k: np.dtype(self._file.dtype(k)).name
     self._dtype = dtype
