@@ -145,6 +145,9 @@ def _generate(args) -> str:
     if not prompt.strip():
       raise ValueError(f"prompt {i} is empty; describe the image to generate.")
   geneval = metadata_lines is not None
+  if os.path.isdir(args.out) and os.listdir(args.out):
+    print(f"note: {args.out} is not empty; files of the same names are replaced, others kept.",
+          file=sys.stderr)
   os.makedirs(args.out, exist_ok=True)
 
   from tqdm import tqdm
@@ -223,11 +226,15 @@ def _write_settings(args, prompts, geneval, count, size, grid_images, timings, m
 
 
 def _summary(args, prompts, geneval, count, size, t) -> str:
-  what = (f"{len(prompts)} GenEval folders {args.out}/00000.. (samples/, grid.png, metadata.jsonl)"
-          if geneval else f"{count} PNGs and grid.png in {args.out}")
-  return (f"wrote {count} images ({size[1]}x{size[0]}, {len(prompts)} prompt(s) x "
-          f"{args.num_images}) as {what}, settings.json; load {t['load_s']:.1f} s, compile "
-          f"{t['compile_s']:.1f} s, generate {t['generate_s']:.1f} s "
+  last = len(prompts) - 1
+  if geneval:
+    files = (f"in the GenEval layout 00000..{last:05d}/ (metadata.jsonl, grid.png, "
+             f"samples/00000.png..), settings.json")
+  else:
+    files = f"as 0000_000.png..{last:04d}_{args.num_images - 1:03d}.png, grid.png, settings.json"
+  return (f"wrote {count} images ({size[1]}x{size[0]}; {len(prompts)} prompts x "
+          f"{args.num_images}) to {args.out} {files}; load {t['load_s']:.1f} s, compile "
+          f"{t['compile_s']:.2f} s, generate {t['generate_s']:.2f} s "
           f"({t['images_per_s']:.2f} images/s), decode+write {t['decode_write_s']:.1f} s")
 
 

@@ -55,19 +55,23 @@ class Janus(nn.Module):
     """pixel_values [B, S, S, 3] -> aligned image features [B, P, D] (P = num_image_tokens)."""
     return self.aligner(self.vision(pixel_values))
 
-  def embed(self, input_ids, pixel_values=None):
-    """Text embeddings with image features merged in.
+  def embed(self, input_ids, pixel_values=None, gen_codes=None, is_gen=None):
+    """Input embeddings: text, understanding images and generated-image codes.
 
     input_ids [B, T] int; pixel_values None or [B, N, S, S, 3] (N images per row, in the
-    order of their placeholder runs). Returns [B, T, D] compute dtype.
+    order of their placeholder runs); gen_codes/is_gen None or [B, T] (int codes, bool):
+    where is_gen the embedding is gen_aligner(gen_embed(code)). Returns [B, T, D].
     """
     embeds = self.llm.embed_tokens(input_ids)
-    if pixel_values is None:
-      return embeds
-    b, n = pixel_values.shape[:2]
-    features = self.image_features(pixel_values.reshape((b * n,) + pixel_values.shape[2:]))
-    features = features.reshape(b, n * features.shape[1], features.shape[2])
-    return merge_image_features(embeds, features, input_ids == self.config.image_token_id)
+    if pixel_values is not None:
+      b, n = pixel_values.shape[:2]
+      features = self.image_features(pixel_values.reshape((b * n,) + pixel_values.shape[2:]))
+      features = features.reshape(b, n * features.shape[1], features.shape[2])
+      embeds = merge_image_features(embeds, features, input_ids == self.config.image_token_id)
+    if gen_codes is not None:
+      embeds = jnp.where(is_gen[..., None], self.gen_embeds(gen_codes).astype(embeds.dtype),
+                         embeds)
+    return embeds
 
   def decode(self, embeds, positions, key_mask, cache: Cache | None = None,
              cache_index: Any = 0, segment_ids=None):
