@@ -51,6 +51,8 @@ class Report:
   flops: float = 0.0            # XLA's count; a loop body is counted once
   model_flops: float = 0.0      # analytic count for the whole call, per chip
   compile_s: float = 0.0
+  projected_step_s: float = 0.0  # model FLOPs / (peak x projected_mfu)
+  projected_mfu: float = 0.0
   error: str = ""
 
   @property
@@ -66,7 +68,9 @@ class Report:
             f"(aliased {gb(self.alias_bytes)}), temporaries {gb(self.temp_bytes)}, "
             f"total {gb(self.total_bytes)} of {gb(self.hbm_bytes)} HBM",
             f"  FLOPs per chip: XLA cost analysis {self.flops:.3e} (loop bodies counted once)"
-            + (f", model FLOPs per call {self.model_flops:.3e}" if self.model_flops else "")]
+            + (f", model FLOPs per call {self.model_flops:.3e}" if self.model_flops else "")
+            ] + ([f"  projected step time {self.projected_step_s:.2f} s at "
+                  f"{self.projected_mfu:.0%} MFU"] if self.projected_step_s else [])
 
 
 def topology_mesh(slice_name: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
@@ -83,13 +87,14 @@ def topology_mesh(slice_name: str, data: int = 1, fsdp: int = -1, tensor: int = 
   return make_mesh(data, fsdp, tensor, devices=desc.devices)
 
 
-def analyse(program: str, slice_name: str, mesh, lowered_fn) -> Report:
-  """Compiles `lowered_fn()` (a jax Lowered) and reads XLA's memory and cost analyses."""
+def analyse(program: str, slice_name: str, mesh, compile_fn) -> Report:
+  """Runs `compile_fn()` (returns a compiled executable) and reads XLA's memory and cost
+  analyses; an out-of-memory verdict of the compiler becomes `fits=False`."""
   hbm = SLICES[slice_name][4] * 10**9
   report = Report(program, slice_name, dict(mesh.shape), fits=True, hbm_bytes=hbm)
   start = time.perf_counter()
   try:
-    compiled = lowered_fn().compile()
+    compiled = compile_fn()
   except Exception as e:  # noqa: BLE001 - XLA reports OOM as a generic runtime error
     if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
       report.fits, report.error = False, str(e).splitlines()[0][:300]
@@ -131,10 +136,10 @@ def sampling_report(preset: str, batch: int, slice_name: str, prompt_length: int
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
   program = sampling._image_program(sampling._ImageStatic(config, None, False, False))
 
-  def lower():
+  def compile_fn():
     with sharding.use_mesh(mesh):
-      return program.lower(params, ids, ids, ids, keys, scalar, scalar, scalar)
-  report = analyse(f"generate_images {preset} batch {batch}", slice_name, mesh, lower)
+      return program.lower(params, ids, ids, ids, keys, scalar, scalar, scalar).compile()
+  report = analyse(f"generate_images {preset} batch {batch}", slice_name, mesh, compile_fn)
   # 2 FLOPs per weight per row per token over the decode path (layers, gen head, gen
   # aligner); CFG doubles the rows. Attention over the cache is left out (small here).
   leaves = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
@@ -143,6 +148,60 @@ def sampling_report(preset: str, batch: int, slice_name: str, prompt_length: int
              + leaves(shapes["gen_aligner"]))
   tokens = config.vq.num_tokens + prompt_length
   report.model_flops = 2.0 * weights * 2 * batch * tokens / mesh.size
+  return report
+
+
+def load_train_config(spec: str, overrides=()):
+  """`experiments/<file>.py:<arg>` plus `--config.a.b=value` overrides -> ConfigDict."""
+  import ast
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_janus_train_config", path)
+  if module_spec is None:
+    raise ValueError(f"cannot load config file {path!r}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for item in overrides:
+    key, _, value = item.removeprefix("--config.").partition("=")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def train_report(spec: str, slice_name: str, overrides=(), mfu: float = 0.4,
+                 **mesh_axes) -> Report:
+  """The real train step of a stage config compiled for a slice (random-init shapes)."""
+  from janus_jax.train import metrics, optimizer as optimizer_lib, step as step_lib
+  from janus_jax.train.loop import model_config_of
+  config = load_train_config(spec, overrides)
+  config.init.source = "random"          # the architecture comes from the preset
+  model_config = model_config_of(config)
+  mesh = topology_mesh(slice_name, **(mesh_axes or dict(config.mesh)))
+  optimizer, schedule = optimizer_lib.make_optimizer(config.optimizer)
+  layout = step_lib.state_layout(model_config, optimizer, config.trainable, mesh)
+  batch = step_lib.batch_layout(mesh, config.global_batch_size, config.data.seq_len,
+                                config.data.max_images, model_config.vision.image_size)
+  step_fn = step_lib.make_train_step(model_config, optimizer, schedule,
+                                     grad_accum_steps=config.grad_accum_steps,
+                                     loss_chunk=config.loss_chunk)
+  name = (f"train step {spec} (batch {config.global_batch_size} x {config.data.seq_len}, "
+          f"accum {config.grad_accum_steps}, remat {model_config.remat_policy})")
+  report = analyse(name, slice_name, mesh,
+                   lambda: step_lib.compile_train_step(step_fn, layout, batch, mesh))
+  total = metrics.train_flops(model_config, layout.mask, config.global_batch_size,
+                              config.data.seq_len, config.data.max_images)
+  report.model_flops = total / mesh.size
+  peak = SLICES[slice_name][5] * 1e12
+  report.projected_step_s = report.model_flops / (peak * mfu)
+  report.projected_mfu = mfu
   return report
 
 
@@ -169,7 +228,6 @@ def main(argv=None) -> int:
     if args.sample:
       report = sampling_report(args.sample, args.batch, args.topology, **_mesh_args(args.mesh))
     else:
-      from janus_jax.train.aot import train_report   # the trainer provides the step
       report = train_report(args.config, args.topology, rest, **_mesh_args(args.mesh))
   except (ValueError, RuntimeError) as e:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
