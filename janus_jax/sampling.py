@@ -23,7 +23,7 @@ import flax.linen as nn
 from janus_jax import sharding as sharding_lib
 from janus_jax.config import JanusConfig
 from janus_jax.modules.janus import Janus
-from janus_jax.modules.llm import init_cache
+from janus_jax.modules import llm as llm_lib
 
 BUCKET = 32   # prompt lengths are padded up to a multiple of this
 
@@ -84,10 +84,57 @@ def _compiled(program, key, *args):
   return _COMPILED[key]
 
 
-def _constrain_cache(cache):
-  """Rows of the KV cache follow the batch sharding, kv heads the tensor axis."""
-  spec = ("layers", "batch", "length", "kv_heads", "head_dim")
-  return {k: nn.with_logical_constraint(v, spec) for k, v in cache.items()}
+UNROLLED_DECODE: bool | None = None   # None: decide by backend (unrolled_decode_default)
+
+
+def unrolled_decode_default() -> bool:
+  """Whether decoding runs the LLM layer by layer (UNROLLED_DECODE, else on CPU backends).
+
+  XLA:CPU copies each layer's weights and cache slab out of the stacked arrays when the
+  layers are a loop; unrolled over per-layer arrays a decode step reads each byte once, at
+  the price of a transient copy of the layer weights per generation call and a longer
+  compilation. Other backends keep the layer loop.
+  """
+  if UNROLLED_DECODE is not None:
+    return UNROLLED_DECODE
+  return jax.default_backend() == "cpu"
+
+
+class _Trunk:
+  """The LLM decoder over a preallocated KV cache, in the form chosen for the backend.
+
+  unrolled: per-layer weights and caches (`llm.decode_layers`); otherwise the scanned
+  `Janus.decode` over the stacked cache [L, B, K, S, H].
+  """
+
+  def __init__(self, model: Janus, params, unrolled: bool):
+    self.model, self.params, self.unrolled = model, params, unrolled
+    self.cfg = model.config
+    if unrolled:
+      self.layers = llm_lib.split_layers(params["llm"]["layers"], self.cfg.llm.num_layers)
+
+  def init_cache(self, batch: int, length: int):
+    """An empty cache, rows following the batch sharding and kv heads the tensor axis."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    if self.unrolled:
+      spec = llm_lib.CACHE_AXES[1:]
+      caches = llm_lib.init_layer_caches(self.cfg.llm, batch, length, dtype)
+      return [tuple(nn.with_logical_constraint(a, spec) for a in kv) for kv in caches]
+    cache = llm_lib.init_cache(self.cfg.llm, batch, length, dtype)
+    return {k: nn.with_logical_constraint(v, llm_lib.CACHE_AXES) for k, v in cache.items()}
+
+  def __call__(self, embeds, positions, key_mask, cache, cache_index):
+    """-> (final-normed hidden [B, T, D], updated cache); see `LLM.__call__`."""
+    if self.unrolled:
+      dtype, param_dtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
+      return llm_lib.decode_layers(self.cfg.llm, self.layers, self.params["llm"]["final_norm"],
+                                   embeds, positions, key_mask, cache, cache_index, dtype,
+                                   param_dtype)
+    return self.model.apply({"params": self.params}, embeds, positions, key_mask, cache,
+                            cache_index, method=Janus.decode)
+
+  def apply(self, method, *args):
+    return self.model.apply({"params": self.params}, *args, method=method)
 
 
 # --- image generation --------------------------------------------------------------------------
@@ -97,6 +144,7 @@ class _ImageStatic:
   top_k: int | None
   greedy: bool
   progress: bool   # report decoded tokens to the active progress bar
+  unrolled: bool   # layer-by-layer decoding (see unrolled_decode_default)
 
 
 @functools.lru_cache(maxsize=32)
@@ -104,7 +152,6 @@ def _image_program(static: _ImageStatic):
   cfg = static.config
   model = Janus(cfg)
   num_tokens = cfg.vq.num_tokens
-  compute = jnp.dtype(cfg.dtype)
 
   def run(params, ids, mask, positions, keys, cfg_weight, temperature, top_p):
     """ids/mask/positions [B, L] (left-padded prompts ending in <begin_of_image>);
@@ -118,7 +165,8 @@ def _image_program(static: _ImageStatic):
     all_pos = jnp.concatenate([positions, positions])
     key_mask = jnp.concatenate([jnp.concatenate([mask, mask]),
                                 jnp.ones((2 * b, num_tokens), mask.dtype)], axis=1)
-    cache = _constrain_cache(init_cache(cfg.llm, 2 * b, length + num_tokens, compute))
+    trunk = _Trunk(model, params, static.unrolled)
+    cache = trunk.init_cache(2 * b, length + num_tokens)
 
     def guided(logits):           # [2B, V] -> [B, V]
       cond, free = logits[:b], logits[b:]
@@ -128,23 +176,15 @@ def _image_program(static: _ImageStatic):
       return select_tokens(guided(logits), _step_keys(keys, step), temperature, top_p,
                            top_k=static.top_k, greedy=static.greedy)
 
-    def prefill(m, cache):
-      hidden, cache = m.decode(m.embed(all_ids), all_pos, key_mask, cache, 0)
-      return m.gen_logits(hidden[:, -1]), cache
-
-    logits, cache = model.apply({"params": params}, cache, method=prefill)
-    first = pick(logits, 0)
+    hidden, cache = trunk(trunk.apply(Janus.embed, all_ids), all_pos, key_mask, cache, 0)
+    first = pick(trunk.apply(Janus.gen_logits, hidden[:, -1]), 0)
     last_pos = all_pos[:, -1:]
-
-    def step(m, token, cache, i):
-      embeds = m.gen_embeds(jnp.concatenate([token, token])[:, None])
-      hidden, cache = m.decode(embeds, last_pos + i, key_mask, cache, length + i - 1)
-      return m.gen_logits(hidden[:, 0]), cache
 
     def body(carry, i):
       token, cache = carry
-      logits, cache = model.apply({"params": params}, token, cache, i, method=step)
-      token = pick(logits, i)
+      embeds = trunk.apply(Janus.gen_embeds, jnp.concatenate([token, token])[:, None])
+      hidden, cache = trunk(embeds, last_pos + i, key_mask, cache, length + i - 1)
+      token = pick(trunk.apply(Janus.gen_logits, hidden[:, 0]), i)
       if static.progress:
         jax.debug.callback(_report_progress, i + 1)
       return (token, cache), token
@@ -211,7 +251,8 @@ def generate_image_codes(p, prompts: Sequence[str], *, num_images: int = 1,
   batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
   token_bar = tqdm(total=cfg.vq.num_tokens, desc="image tokens", unit="tok", leave=False,
                    disable=not progress)
-  static = _ImageStatic(cfg, None if greedy else top_k, greedy, progress)
+  static = _ImageStatic(cfg, None if greedy else top_k, greedy, progress,
+                        unrolled_decode_default())
   program = _image_program(static)
   scalars = [jnp.float32(cfg_weight), jnp.float32(temperature),
              jnp.float32(1.0 if top_p is None else top_p)]
@@ -244,6 +285,7 @@ def generate_image_codes(p, prompts: Sequence[str], *, num_images: int = 1,
 def decode_images(p, codes: np.ndarray, batch_size: int = 8) -> np.ndarray:
   """VQ codes [N, h*w] -> uint8 images [N, H, W, 3] (the reference's conversion)."""
   program = _vq_decode_program(p.config)
+  batch_size = max(1, min(batch_size, len(codes)))   # one image is not decoded as eight
   out = []
   for i in range(0, len(codes), batch_size):
     chunk = codes[i:i + batch_size]
@@ -300,13 +342,13 @@ class _TextStatic:
   config: JanusConfig
   max_new_tokens: int
   greedy: bool
+  unrolled: bool
 
 
 @functools.lru_cache(maxsize=32)
 def _text_program(static: _TextStatic):
   cfg = static.config
   model = Janus(cfg)
-  compute = jnp.dtype(cfg.dtype)
   new = static.max_new_tokens
 
   def run(params, ids, mask, positions, pixel_values, keys, temperature, top_p):
@@ -314,26 +356,19 @@ def _text_program(static: _TextStatic):
     steps run). Finished rows are filled with pad after their EOS."""
     b, length = ids.shape
     key_mask = jnp.concatenate([mask, jnp.ones((b, new), mask.dtype)], axis=1)
-    cache = _constrain_cache(init_cache(cfg.llm, b, length + new, compute))
+    trunk = _Trunk(model, params, static.unrolled)
+    cache = trunk.init_cache(b, length + new)
 
     def pick(logits, step):
       return select_tokens(logits, _step_keys(keys, step), temperature, top_p, top_k=None,
                            greedy=static.greedy)
 
-    def prefill(m, cache):
-      hidden, cache = m.decode(m.embed(ids, pixel_values), positions, key_mask, cache, 0)
-      return m.text_logits(hidden[:, -1]), cache
-
-    logits, cache = model.apply({"params": params}, cache, method=prefill)
-    token = pick(logits, 0)
+    embeds = trunk.apply(Janus.embed, ids, pixel_values)
+    hidden, cache = trunk(embeds, positions, key_mask, cache, 0)
+    token = pick(trunk.apply(Janus.text_logits, hidden[:, -1]), 0)
     tokens = jnp.full((b, new), cfg.pad_token_id, jnp.int32).at[:, 0].set(token)
     done = token == cfg.eos_token_id
     last_pos = positions[:, -1:]
-
-    def step(m, token, cache, i):
-      hidden, cache = m.decode(m.embed(token[:, None]), last_pos + i, key_mask, cache,
-                               length + i - 1)
-      return m.text_logits(hidden[:, 0]), cache
 
     def cond(state):
       i, _, _, _, done = state
@@ -341,8 +376,9 @@ def _text_program(static: _TextStatic):
 
     def body(state):
       i, token, cache, tokens, done = state
-      logits, cache = model.apply({"params": params}, token, cache, i, method=step)
-      token = jnp.where(done, cfg.pad_token_id, pick(logits, i))
+      hidden, cache = trunk(trunk.apply(Janus.embed, token[:, None]), last_pos + i, key_mask,
+                            cache, length + i - 1)
+      token = jnp.where(done, cfg.pad_token_id, pick(trunk.apply(Janus.text_logits, hidden[:, 0]), i))
       tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
       return i + 1, token, cache, tokens, done | (token == cfg.eos_token_id)
 
@@ -376,14 +412,14 @@ def generate_text_tokens(p, questions: Sequence, images: Sequence, *, max_new_to
   arrays = [batch[k] for k in ("input_ids", "attention_mask", "positions", "pixel_values")]
   arrays = [np.concatenate([a, np.repeat(a[-1:], padded_rows - rows, 0)]) for a in arrays]
   keys = _image_keys(seed, range(padded_rows))
-  program = _text_program(_TextStatic(cfg, max_new_tokens, temperature == 0))
+  static = _TextStatic(cfg, max_new_tokens, temperature == 0, unrolled_decode_default())
+  program = _text_program(static)
   timings = {} if timings is None else timings
   context = sharding_lib.use_mesh(mesh) if mesh is not None else _null()
   with context:
     args = [p.params] + _put(mesh, *arrays) + [keys, jnp.float32(max(temperature, 1e-6)),
                                                jnp.float32(1.0 if top_p is None else top_p)]
     start = time.perf_counter()
-    static = _TextStatic(cfg, max_new_tokens, temperature == 0)
     compiled = _compiled(program, (static, arrays[0].shape, arrays[3].shape, id(mesh)), *args)
     timings["compile_s"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -19,12 +19,19 @@ from janus_jax.modules.layers import (Dtype, Embed, Linear, RMSNorm, default_ini
 # uniform distribution instead of NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
-Cache = dict[str, jax.Array]   # {"k": [L, B, S, K, H], "v": [L, B, S, K, H]}
+Cache = dict[str, jax.Array]   # {"k": [L, B, K, S, H], "v": [L, B, K, S, H]}
+
+# Logical axis names of the cache arrays (for sharding constraints).
+CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
 
 def init_cache(config: LLMConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
-  """An empty KV cache of `length` slots: {"k", "v"} each [L, B, S, K, H]."""
-  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  """An empty KV cache of `length` slots: {"k", "v"} each [L, B, K, S, H].
+
+  Heads come before slots so that one head's keys are contiguous: attention reads them
+  with batched matrix-vector products and no transposed copy of the cache.
+  """
+  shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
@@ -72,12 +79,13 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv_cache=None, cache_index=None):
+  def __call__(self, x, positions, mask, kv_cache=None, cache_index=None, layer=None):
     """x [B, T, D]; positions [B, T]; mask [B, T, S] bool.
 
-    kv_cache: None (S = T) or (k, v) each [B, S, K, H] for this layer; the new keys and
-    values are written at slots cache_index .. cache_index + T. Returns
-    (y [B, T, D], updated (k, v) or None).
+    kv_cache: None (S = T); with `layer` (a traced int) the whole stack (k, v) each
+    [L, B, K, S, H]; with layer None this layer's own (k, v) each [B, K, S, H]. The new
+    keys and values are written in place at slots cache_index .. cache_index + T - 1.
+    Returns (y [B, T, D], updated (k, v) or None).
     """
     cfg = self.config
     n, k_heads, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, x.shape[-1]
@@ -96,22 +104,41 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, cfg.rope_theta)
     k = apply_rope(k, positions, cfg.rope_theta)
 
-    new_cache = None
-    if kv_cache is not None:
-      k_cache, v_cache = kv_cache
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-      new_cache = (k, v)
-      k, v = k.astype(self.dtype), v.astype(self.dtype)
-
     b, t = q.shape[:2]
     q = q.reshape(b, t, k_heads, n // k_heads, h)                      # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * h ** -0.5
+    new_cache = None
+    if kv_cache is None:
+      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k)
+    else:
+      # Written and read in place in the carried stack: no per-layer copy of the cache
+      # goes in or out of the layer loop (only this layer's slab is read).
+      k_cache, v_cache = kv_cache
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [B, K, T, H]
+      if layer is None:     # this layer's own cache arrays [B, K, S, H]
+        start = (0, 0, cache_index, 0)
+      else:                 # the stack [L, B, K, S, H]
+        start = (layer, 0, 0, cache_index, 0)
+        k, v = k[None], v[None]
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+      new_cache = (k_cache, v_cache)
+      if layer is None:
+        k, v = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
+      else:
+        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False).astype(self.dtype)
+        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False).astype(self.dtype)
+      logits = jnp.einsum("BTKGH,BKSH->BKGTS", q, k)                   # k [B, K, S, H]
+    logits = logits.astype(jnp.float32) * h ** -0.5
     logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)         # [B, K, G, T, S]
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
-    return jnp.einsum("BTNH,NHD->BTD", out, wo), new_cache
+    if kv_cache is None:
+      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    else:
+      out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
+    # One flat [B*T, N*H] x [N*H, D] product: contracting (N, H) as two dims lets XLA
+    # pick an order that transposes (copies) the weight on every call.
+    out = out.reshape(b, t, n * h)
+    return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d)), new_cache
 
 
 class MLP(nn.Module):
@@ -137,16 +164,18 @@ class DecoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, kv_cache, positions, mask, cache_index):
-    """Scanned over layers: carry x [B, T, D]; kv_cache is this layer's (k, v) or None."""
+  def __call__(self, carry, layer, positions, mask, cache_index):
+    """Scanned over layers: carry (x [B, T, D], the whole KV cache (k, v) or None);
+    layer: this layer's index (scanned), used to address the cache."""
+    x, kv_cache = carry
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = self.config.rms_norm_eps
     h, kv_cache = Attention(self.config, name="attn", **kw)(
-        RMSNorm(eps, name="attn_norm", **kw)(x), positions, mask, kv_cache, cache_index)
+        RMSNorm(eps, name="attn_norm", **kw)(x), positions, mask, kv_cache, cache_index, layer)
     x = x + h
     x = x + MLP(self.config, name="mlp", **kw)(RMSNorm(eps, name="mlp_norm", **kw)(x))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    return x, kv_cache
+    return (x, kv_cache), None
 
 
 class LLM(nn.Module):
@@ -190,10 +219,54 @@ class LLM(nn.Module):
     mask = attention_mask_for(key_mask, query_slots, segment_ids, segment_ids)
     kv = None if cache is None else (cache["k"], cache["v"])
     x = nn.with_logical_constraint(embeds.astype(self.dtype), ("batch", "length", "embed"))
-    x, kv = self.layers(x, kv, positions, mask, cache_index)
+    layer_ids = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+    (x, kv), _ = self.layers((x, kv), layer_ids, positions, mask, cache_index)
     new_cache = None if cache is None else {"k": kv[0], "v": kv[1]}
     return self.final_norm(x), new_cache
 
   def logits(self, hidden):
     """hidden [..., D] -> text logits [..., V] float32."""
     return self.lm_head(hidden).astype(jnp.float32)
+
+
+# --- layer-by-layer decoding ---------------------------------------------------------------------
+# On the CPU, a layer loop (`lax.scan`) over stacked weights copies every layer's weights (and
+# its slab of the KV cache) out of the stack on every call: XLA:CPU's matmuls cannot read a
+# dynamic slice in place. For token-by-token decoding that doubles the memory traffic. These
+# helpers run the same layers unrolled over per-layer arrays instead: the weights are sliced
+# out of the stack once per compiled program (a transient copy of the layer weights) and each
+# layer keeps its own cache arrays, so a decode step reads every weight and cache byte once.
+LayerCaches = list   # [(k [B, K, S, H], v [B, K, S, H])] * L
+
+
+def split_layers(layer_params, num_layers: int) -> list:
+  """Stacked layer params (leading axis L) -> a list of L per-layer param trees."""
+  return [jax.tree.map(lambda a, i=i: a[i], layer_params) for i in range(num_layers)]
+
+
+def init_layer_caches(config: LLMConfig, batch: int, length: int,
+                      dtype=jnp.float32) -> LayerCaches:
+  """Empty per-layer KV caches of `length` slots: L pairs of [B, K, S, H]."""
+  shape = (batch, config.num_kv_heads, length, config.head_dim)
+  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+
+
+def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions, key_mask,
+                  caches: LayerCaches, cache_index: Any = 0, dtype: Dtype = jnp.float32,
+                  param_dtype: Dtype = jnp.float32):
+  """`LLM.__call__` with a cache, layer by layer: the same computation, unrolled.
+
+  layers: per-layer params (`split_layers`); final_norm: the LLM's final_norm params;
+  caches: `init_layer_caches`. Returns (final-normed hidden [B, T, D], updated caches).
+  """
+  t = embeds.shape[1]
+  mask = attention_mask_for(key_mask, cache_index + jnp.arange(t))
+  layer = DecoderLayer(config, dtype=dtype, param_dtype=param_dtype)
+  x = nn.with_logical_constraint(embeds.astype(dtype), ("batch", "length", "embed"))
+  new_caches = []
+  for params, cache in zip(layers, caches):
+    (x, cache), _ = layer.apply({"params": params}, (x, cache), None, positions, mask,
+                                cache_index)
+    new_caches.append(cache)
+  norm = RMSNorm(config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+  return norm.apply({"params": final_norm}, x), new_caches

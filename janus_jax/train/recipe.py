@@ -1,0 +1,92 @@
+"""What the stage configs share: the config schema, the variants and the published recipe.
+
+`experiments/stage{1,2,3}.py` start from `base_config(variant)`, set their stage's
+published numbers and end with `finish`. Every field a run reads is created in
+`base_config`, so `--config.<field>=...` overrides work and a misspelt one fails at once.
+The published recipe (JANUS.md §6.3, Janus-Pro Table 2):
+
+  stage  trains                                    LR     warm-up  batch  und:text:t2i  steps (1B / 7B)
+  I      aligner, gen_aligner, gen_embed, gen_head 1e-3   600      256    1:0:3         20K / 20K
+  II     + llm                                     1e-4   5000     512    2:3:5         270K (of 360K)
+  III    + vision                                  4e-5   0        128    5:1:4         80K / 40K
+
+AdamW β 0.9 / 0.95, weight decay 0, gradient clip 1.0, constant LR; sequences packed to
+4096 tokens. Not published, chosen here: AdamW ε 1e-8, linear warm-up, CFG-dropout 0.1.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+VARIANTS = ("tiny", "pro_1b", "pro_7b")
+PRESETS = {"tiny": "tiny", "pro_1b": "janus-pro-1b", "pro_7b": "janus-pro-7b"}
+
+
+def base_config(variant: str) -> ml_collections.ConfigDict:
+  """Every field of a train config, with the defaults shared by all stages of `variant`.
+
+  A stage file then sets its published numbers (stage, trainable, optimizer,
+  global_batch_size, num_steps, data.ratios) and calls `finish`.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}.")
+  c = ml_collections.ConfigDict()
+  c.stage = 0
+  c.variant = variant
+  c.seed = 0
+
+  # The model: a preset (random init) or the architecture of the init checkpoint.
+  c.model = ml_collections.ConfigDict(dict(
+      preset=PRESETS[variant], dtype="bfloat16", param_dtype="float32",
+      remat_policy={"pro_7b": "full", "pro_1b": "dots_no_batch"}.get(variant, "none")))
+  # "checkpoint": a converted-checkpoint directory (init.path) — a components checkpoint
+  # for Stage I (python -m convert.components), the previous stage's <workdir>/export
+  # after that, or a released Janus-Pro (python -m convert). "random": from init.seed.
+  c.init = ml_collections.ConfigDict(dict(source="checkpoint", path="", seed=0))
+
+  c.trainable = ()             # regexes over param paths ("llm/layers/attn/q"), re.fullmatch
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
+      clip_norm=1.0))
+  c.global_batch_size = 256
+  c.grad_accum_steps = 1       # micro-batches per step (gradients summed inside the step)
+  c.num_steps = 1000
+  c.loss_chunk = 1024          # positions per logits chunk in the loss (0: all at once)
+
+  # Handed unchanged to janus_jax.data.pipeline.build_train_iterator.
+  c.data = ml_collections.ConfigDict(dict(
+      source="mixture", seq_len=4096, max_images=1, packing=True, cfg_dropout=0.1,
+      ratios=dict(understanding=1, text=1, t2i=1),
+      sources=dict(understanding=[], text=[], t2i=[]), tokenizer_dir=""))
+
+  # FSDP over every device by default; 'tensor' > 1 shards heads, MLP and vocabulary.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
+  c.log_every = 50
+  c.tensorboard = True
+  # XLA options for compiling the step and the init, e.g. {"xla_backend_optimization_level": 0}
+  # (CPU tests: compiles in half the time).
+  c.xla_compiler_options = {}
+  c.export = True              # write <workdir>/export (a converted-checkpoint dir) at the end
+  return c
+
+
+def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Applies the variant's deviations from the published recipe (tiny: CPU-sized)."""
+  if c.variant == "tiny":
+    from janus_jax.train.synthetic import default_config
+    ratios = dict(c.data.ratios)
+    c.model.dtype = "float32"
+    c.init.source = "random"
+    c.global_batch_size = 8
+    c.num_steps = 200
+    # Tiny runs are a few hundred steps: a higher LR and a short warm-up so they learn.
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 10)
+    c.loss_chunk = 0
+    c.data = default_config()
+    c.data.ratios = ratios
+    c.checkpoint.every = 50
+    c.log_every = 10
+    c.export = False
+  return c
