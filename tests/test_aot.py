@@ -33,3 +33,11 @@ def test_sampling_program_compiles_for_a_v5p_slice_and_reports_memory(tmp_path):
   assert 0 < report["total_bytes"] < report["hbm_bytes"]
   assert report["argument_bytes"] > 0 and report["flops"] > 0 and report["model_flops"] > 0
   assert "per chip" in stdout
+
+
+def test_train_step_of_a_stage_config_compiles_for_a_v5p_slice(tmp_path):
+  report, stdout = _aot("--config", "experiments/stage2.py:tiny", "--topology", "v5p-8",
+                        tmp_path=tmp_path)
+  assert report["fits"] and report["total_bytes"] > 0 and report["flops"] > 0
+  assert report["model_flops"] > 0 and report["projected_step_s"] > 0
+  assert "train step" in stdout
