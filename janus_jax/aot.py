@@ -134,7 +134,8 @@ def sampling_report(preset: str, batch: int, slice_name: str, prompt_length: int
   keys = jax.ShapeDtypeStruct((batch,), jax.random.key(0).dtype,
                               sharding=NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
-  program = sampling._image_program(sampling._ImageStatic(config, None, False, False))
+  # The TPU program: layers stay a loop (unrolled decoding is a CPU-backend choice).
+  program = sampling._image_program(sampling._ImageStatic(config, None, False, False, False))
 
   def compile_fn():
     with sharding.use_mesh(mesh):
