@@ -20,7 +20,9 @@ from convert.deepseek import (DeepseekAsHF, config_from_deepseek, deepseek_to_hf
                               detect_layout, hf_tensors_to_deepseek, hf_to_deepseek_name)
 from janus_jax.config import TOKEN_FIELDS, JanusConfig
 
-KEYS = "/work/shared/reference/keys"
+# The key tables of the released checkpoints live in shared/, beside the repository.
+KEYS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                    "reference", "keys")
 SIZES = ("1b", "7b")
 SPLIT, DROPPED = "  [split dim0]", "(dropped)"
 
