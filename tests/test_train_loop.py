@@ -8,6 +8,7 @@ so only the first run pays for compiling.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,8 +75,17 @@ def run_to_end(env, workdir, *flags):
 
 
 def interrupt_at(env, workdir, step: int, signum: int) -> tuple[int, str]:
-  """Starts a run and sends `signum` once it has logged `step`; (exit code, stdout)."""
-  proc = subprocess.Popen(train_command(env, workdir), env=env["env"], cwd=REPO,
+  """Starts a run and sends `signum` once it has logged `step`; (exit code, stdout).
+
+  A SIGKILLed run gets a private copy of the compilation cache: jax writes cache entries
+  in place, and one torn by the kill would break the runs after it.
+  """
+  run_env = env["env"]
+  if signum == signal.SIGKILL:
+    private = env["root"] / f"jax_cache_{workdir.name}"
+    shutil.copytree(env["root"] / "jax_cache", private, dirs_exist_ok=True)
+    run_env = dict(run_env, JAX_COMPILATION_CACHE_DIR=str(private))
+  proc = subprocess.Popen(train_command(env, workdir), env=run_env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   lines = []
   for line in proc.stdout:

@@ -89,7 +89,7 @@ def build_data_iterator(config, model_config: JanusConfig, mesh):
   kwargs = dict(model_config=model_config, global_batch_size=config.global_batch_size,
                 mesh=mesh, seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count())
-  if config.data.source == "synthetic":
+  if config.data.get("source") == "synthetic":
     from janus_jax.train.synthetic import build_train_iterator
     return build_train_iterator(config.data, processor=None, **kwargs)
   from janus_jax.data.pipeline import build_train_iterator
@@ -281,7 +281,16 @@ def _run(run: Setup, state, frozen, data, checkpointer, writer, log, summary):
   with _Preemption() as preemption:
     for step in range(start, config.num_steps):
       if step > start:
-        batch = next(data)
+        try:
+          batch = next(data)
+        except StopIteration:   # a finite data set (data.num_epochs) ran out
+          log(f"the data ran out after step {step}; stopping there.")
+          if pending is not None:
+            check(pending[0], jax.device_get(pending[1]))
+          if last_save != step:
+            checkpointer.save(step, state, data.get_state(), force=True)
+            last_save = step
+          break
       state, metrics = compiled(state, frozen, batch)
       done = step + 1
       # Check the previous step's metrics now (it has finished): one step stays in flight.

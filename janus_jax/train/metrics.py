@@ -139,7 +139,9 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_torn_last_line(path)
+    self._jsonl = open(path, "a")
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -163,6 +165,16 @@ class MetricWriter:
       self._tb.close()
     if self._jsonl is not None:
       self._jsonl.close()
+
+
+def _drop_torn_last_line(path: str) -> None:
+  """A run killed mid-write leaves half a line: cut it so the file stays valid JSONL."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
 
 
 def format_line(step: int, total: int, s: dict[str, float]) -> str:
