@@ -24,8 +24,12 @@ COMMANDS = {
              "answer a question about an image"),
     "train": ("janus_jax.train", _PACKAGE_DIR / "train" / "__main__.py",
               "train a stage from an experiments/<file>.py:<arg> config"),
-    "demo": ("janus_jax.demo", _PACKAGE_DIR / "demo.py",
-             "end-to-end demo on a tiny model, no downloads"),
+    "train_vq": ("janus_jax.train_vq", _PACKAGE_DIR / "train_vq.py",
+                 "train a VQ image tokenizer from scratch on a folder of images"),
+    "prepare": ("janus_jax.data.prepare", _PACKAGE_DIR / "data" / "prepare.py",
+                "raw data -> a TFDS / ArrayRecord training data set"),
+    "demo": ("janus_jax.demo", _PACKAGE_DIR / "demo" / "__main__.py",
+             "train a small Janus from nothing on a shapes world, score it, write a report"),
 }
 
 

@@ -148,8 +148,10 @@ class Processor:
   (`User`, Janus-1.3B); None picks "pro" when `<|User|>` is a token of the vocabulary.
   """
 
-  def __init__(self, tokenizer, config, role_style: str | None = None):
+  def __init__(self, tokenizer, config, role_style: str | None = None,
+               system_prompt: str = DEFAULT_SYSTEM_PROMPT):
     self.tokenizer, self.config = tokenizer, config
+    self.system_prompt = system_prompt
     tokenizer.no_padding()
     tokenizer.no_truncation()
     for field, tag in SPECIAL_TOKENS.items():
@@ -177,18 +179,22 @@ class Processor:
     if not os.path.isfile(file):
       raise ValueError(f"{path} has no tokenizer.json; copy the checkpoint's tokenizer files.")
     extra = os.path.join(path, "processor_config.json")
-    if role_style is None and os.path.isfile(extra):
+    system_prompt = DEFAULT_SYSTEM_PROMPT
+    if os.path.isfile(extra):
       with open(extra) as f:
-        role_style = json.load(f).get("role_style")
+        options = json.load(f)
+      role_style = role_style or options.get("role_style")
+      # A model trained with another system prompt (or none) names it here.
+      system_prompt = options.get("system_prompt", system_prompt)
     try:
       tokenizer = Tokenizer.from_file(file)
     except Exception as e:  # tokenizers raises a bare Exception for unreadable files
       raise ValueError(f"cannot read {file}: {e}") from None
-    return cls(tokenizer, config, role_style)
+    return cls(tokenizer, config, role_style, system_prompt)
 
   # --- text --------------------------------------------------------------------------------
   def understanding_prompt(self, conversation: Sequence[dict],
-                           system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
+                           system_prompt: str | None = None) -> str:
     """[{"role": "user"|"assistant", "content": str}, ...] -> prompt text (BOS not included).
 
     Turns alternate user/assistant starting with the user; an empty assistant turn is
@@ -209,7 +215,7 @@ class Processor:
       raise ValueError("empty conversation; give at least one user question.")
     if len(messages) % 2:
       messages.append((self.roles[1], ""))
-    return sft_prompt(messages, system_prompt)
+    return sft_prompt(messages, self.system_prompt if system_prompt is None else system_prompt)
 
   def generation_prompt(self, text: str) -> str:
     """Text-to-image prompt (JANUS.md §3.4), no system prompt:
@@ -249,7 +255,7 @@ class Processor:
     return preprocess_image(image, self.image_size)
 
   def understanding_batch(self, conversations: Sequence, images: Sequence, *,
-                          system_prompt: str = DEFAULT_SYSTEM_PROMPT, pad_to: int | None = None,
+                          system_prompt: str | None = None, pad_to: int | None = None,
                           max_length: int | None = None) -> dict[str, np.ndarray]:
     """Conversations with their images -> left-padded model inputs.
 

@@ -248,6 +248,21 @@ class VQModel(nn.Module):
     z = self.quantize.lookup(codes).reshape(codes.shape[0], g, g, self.config.codebook_dim)
     return self.decoder(self.post_quant_conv(z)).astype(jnp.float32)
 
+  def train_forward(self, pixels, quantize: bool = True):
+    """The training pass (janus_jax.train_vq): pixels -> (reconstruction, z, zq, codes).
+
+    z: the L2-normalised latents [B,g,g,d]; zq: their nearest (normalised) codebook rows;
+    the decoder sees z + stop_gradient(zq - z), the straight-through estimator, so its
+    forward value is exactly `decode(codes)`. quantize False: the decoder sees z itself
+    (an autoencoder warm-up before the codebook is seeded from the latents).
+    """
+    z = l2_normalize(self.encode_latents(pixels))
+    codes = self.quantize.nearest(z)
+    zq = self.quantize.lookup(codes)
+    latents = z + jax.lax.stop_gradient(zq - z) if quantize else z
+    decoded = self.decoder(self.post_quant_conv(latents))
+    return decoded.astype(jnp.float32), z, zq, codes.reshape(codes.shape[0], -1)
+
   def __call__(self, pixels):
     """Reconstruction pixels -> codes -> images; `init` through here creates every param."""
     return self.decode(self.encode(pixels))

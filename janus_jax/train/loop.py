@@ -203,10 +203,11 @@ def setup(config, devices=None) -> Setup:
   return Setup(config, mesh, model_config, optimizer, schedule, layout)
 
 
-def train(config, workdir: str, *, devices=None, log=print) -> dict:
+def train(config, workdir: str, *, devices=None, log=print, on_step=None) -> dict:
   """Runs (or resumes) the stage `config` in `workdir`; returns a summary dict.
 
   devices: the devices of the mesh (default: all). log: where progress lines go.
+  on_step: called with the step number after each step is dispatched (progress bars).
   Summary keys: step (reached), start_step, preempted, last_checkpoint, metrics (the last
   logged scalars), export (directory or None).
   """
@@ -240,7 +241,7 @@ def train(config, workdir: str, *, devices=None, log=print) -> dict:
     summary = dict(step=start, start_step=start, preempted=False, metrics={},
                    last_checkpoint=latest, export=None)
     if start < config.num_steps:
-      state = _run(run, state, frozen, data, checkpointer, writer, log, summary)
+      state = _run(run, state, frozen, data, checkpointer, writer, log, summary, on_step)
     if config.export and not summary["preempted"] and summary["step"] >= config.num_steps:
       summary["export"] = export(workdir, partition.merge(state["params"], frozen),
                                  run.model_config, config)
@@ -251,7 +252,7 @@ def train(config, workdir: str, *, devices=None, log=print) -> dict:
     writer.close()
 
 
-def _run(run: Setup, state, frozen, data, checkpointer, writer, log, summary):
+def _run(run: Setup, state, frozen, data, checkpointer, writer, log, summary, on_step=None):
   """Steps from summary["start_step"] to config.num_steps (updating `summary`); returns
   the last state."""
   config = run.config
@@ -293,6 +294,8 @@ def _run(run: Setup, state, frozen, data, checkpointer, writer, log, summary):
           break
       state, metrics = compiled(state, frozen, batch)
       done = step + 1
+      if on_step is not None:
+        on_step(done)
       # Check the previous step's metrics now (it has finished): one step stays in flight.
       if pending is not None:
         host = jax.device_get(pending[1])

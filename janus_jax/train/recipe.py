@@ -17,9 +17,39 @@ from __future__ import annotations
 
 import ml_collections
 
+from janus_jax.processor import DEFAULT_SYSTEM_PROMPT
 
-VARIANTS = ("tiny", "pro_1b", "pro_7b")
-PRESETS = {"tiny": "tiny", "pro_1b": "janus-pro-1b", "pro_7b": "janus-pro-7b"}
+
+VARIANTS = ("tiny", "pro_1b", "pro_7b", "demo")
+PRESETS = {"tiny": "tiny", "pro_1b": "janus-pro-1b", "pro_7b": "janus-pro-7b", "demo": "tiny"}
+
+# Janus-Pro's Table 2, one entry per stage (the numbers the docstring's table gives).
+STAGES = {
+    1: dict(lr=1e-3, warmup=600, batch=256, ratios=(1, 0, 3),
+            steps={"pro_1b": 20_000, "pro_7b": 20_000}),
+    2: dict(lr=1e-4, warmup=5000, batch=512, ratios=(2, 3, 5),
+            steps={"pro_1b": 270_000, "pro_7b": 270_000}),     # planned 360K, stopped at 270K
+    3: dict(lr=4e-5, warmup=0, batch=128, ratios=(5, 1, 4),
+            steps={"pro_1b": 80_000, "pro_7b": 40_000}),
+}
+
+
+def stage_config(stage: int, variant: str = "tiny") -> ml_collections.ConfigDict:
+  """The config of Janus-Pro's stage `stage` (1, 2, 3) for `variant`."""
+  from janus_jax.train import partition
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGES)}.")
+  published = STAGES[stage]
+  c = base_config(variant)
+  c.stage = stage
+  c.trainable = {1: partition.STAGE_I, 2: partition.STAGE_II, 3: partition.STAGE_III}[stage]
+  c.optimizer.learning_rate = published["lr"]
+  c.optimizer.warmup_steps = published["warmup"]
+  c.global_batch_size = published["batch"]
+  c.num_steps = published["steps"].get(variant, 200)
+  und, text, t2i = published["ratios"]
+  c.data.ratios = dict(understanding=und, text=text, t2i=t2i)
+  return finish(c)
 
 
 def base_config(variant: str) -> ml_collections.ConfigDict:
@@ -57,7 +87,8 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="mixture", seq_len=4096, max_images=1, packing=True, cfg_dropout=0.1,
       ratios=dict(understanding=1, text=1, t2i=1),
-      sources=dict(understanding=[], text=[], t2i=[]), tokenizer_dir=""))
+      sources=dict(understanding=[], text=[], t2i=[]), tokenizer_dir="",
+      system_prompt=DEFAULT_SYSTEM_PROMPT))
 
   # FSDP over every device by default; 'tensor' > 1 shards heads, MLP and vocabulary.
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -71,8 +102,31 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
   return c
 
 
+# The demo (python -m janus_jax.demo) trains everything from scratch on CPU, in minutes:
+# its own LRs (no pretrained LLM to protect, so Stage II is not 10x below Stage I), SigLIP
+# trainable in every stage (there is no pretrained encoder to keep frozen), short warm-ups,
+# float32, small packed rows. The demo sets init.path, data sources and num_steps.
+DEMO_LR = {1: 2e-3, 2: 2e-3, 3: 5e-4}
+
+
 def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Applies the variant's deviations from the published recipe (tiny: CPU-sized)."""
+  """Applies the variant's deviations from the published recipe (tiny: CPU-sized; demo:
+  see DEMO_LR)."""
+  if c.variant == "demo":
+    c.model.dtype = "float32"
+    c.model.remat_policy = "none"
+    if "vision/.*" not in c.trainable:
+      c.trainable = tuple(c.trainable) + ("vision/.*",)
+    c.optimizer.learning_rate = DEMO_LR.get(c.stage, c.optimizer.learning_rate)
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 20) if c.stage < 3 else 0
+    c.global_batch_size = 16
+    c.loss_chunk = 0
+    c.data.seq_len = 256
+    c.data.system_prompt = ""
+    c.checkpoint.every = 100
+    c.checkpoint.keep = 1
+    c.log_every = 10
+    c.tensorboard = False
   if c.variant == "tiny":
     from janus_jax.train.synthetic import default_config
     ratios = dict(c.data.ratios)

@@ -1,0 +1,308 @@
+"""The demo, phase by phase (see janus_jax/demo/__init__.py for the overview).
+
+Every phase writes its output atomically into the workdir and is skipped when a rerun
+finds it there (a stage in progress resumes from its last checkpoint), so an interrupted
+demo continues where it stopped. Evaluation and the report are always redone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+
+import numpy as np
+
+from janus_jax.config import JanusConfig, LLMConfig, VisionConfig, VQConfig
+from janus_jax.demo import data as demo_data
+from janus_jax.demo import world
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How much of everything a run makes and trains."""
+  train_scenes: int
+  eval_scenes: int
+  captions_per_image: int
+  vq_ae_steps: int
+  vq_steps: int
+  stage_steps: tuple[int, int, int]
+  geneval_per_category: int
+  images_per_prompt: int
+  vqa_questions: int
+  cfg_weight: float = 5.0
+  temperature: float = 1.0
+  seed: int = 0
+
+
+FULL = Plan(train_scenes=12000, eval_scenes=400, captions_per_image=2, vq_ae_steps=250,
+            vq_steps=250, stage_steps=(100, 600, 250), geneval_per_category=12,
+            images_per_prompt=4, vqa_questions=600)
+QUICK = Plan(train_scenes=2000, eval_scenes=80, captions_per_image=2, vq_ae_steps=80,
+             vq_steps=80, stage_steps=(20, 100, 40), geneval_per_category=4,
+             images_per_prompt=2, vqa_questions=120)
+
+# The VQ: LlamaGen's architecture at 48 px with three downsamplings (6 x 6 codes, one 2 x 2
+# block per grid cell); GroupNorm over 32 channels as the transformers reference requires.
+DEMO_VQ = VQConfig(image_size=world.IMAGE_SIZE, codebook_size=128, codebook_dim=8,
+                   base_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=0,
+                   z_channels=64)
+
+
+def model_config(ids: dict) -> JanusConfig:
+  """The demo's Janus: a 4-layer LLM of width 256, a 2-layer SigLIP on 16-px patches (one
+  per grid cell), DEMO_VQ; special-token ids from the trained tokenizer."""
+  return JanusConfig(
+      llm=LLMConfig(vocab_size=ids["vocab_size"], hidden_size=256, intermediate_size=704,
+                    num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
+                    max_position_embeddings=512),
+      vision=VisionConfig(image_size=world.IMAGE_SIZE, patch_size=world.CELL, width=128,
+                          num_layers=2, num_heads=4, mlp_dim=256),
+      vq=DEMO_VQ, gen_head_dim=256,
+      **{k: v for k, v in ids.items() if k != "vocab_size"})
+
+
+class Demo:
+  """One run in `workdir`; `run()` does every phase."""
+
+  def __init__(self, workdir: str, plan: Plan, *, progress: bool = True, log=print):
+    self.workdir, self.plan, self.progress, self.log = os.path.abspath(workdir), plan, progress, log
+    self.phases: list[dict] = []
+    os.makedirs(self.workdir, exist_ok=True)
+    self.data_dir = self.path("data")
+    self.tokenizer_dir = self.path("data", "tokenizer")
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def _phase(self, name: str, start: float, **extra) -> None:
+    entry = dict(name=name, seconds=time.perf_counter() - start, **extra)
+    self.phases.append(entry)
+    detail = f" ({entry['detail']})" if entry.get("detail") else ""
+    self.log(f"[{name}] done in {entry['seconds']:.1f} s{detail}")
+
+  # --- phase 1: data and tokenizer -----------------------------------------------------------
+  def make_data(self) -> JanusConfig:
+    start = time.perf_counter()
+    marker = os.path.join(self.data_dir, "counts.json")
+    if not os.path.isfile(marker):
+      p = self.plan
+      counts = demo_data.make_dataset(
+          self.data_dir, train_scenes=p.train_scenes, eval_scenes=p.eval_scenes,
+          captions_per_image=p.captions_per_image, geneval_per_category=p.geneval_per_category,
+          seed=p.seed, progress=self.progress)
+      counts["token_ids"] = demo_data.train_tokenizer(self.data_dir, self.tokenizer_dir)
+      _write_json(marker, counts)
+    counts = _read_json(marker)
+    self._phase("data + tokenizer", start,
+                detail=f"{counts['train_images']} training pictures, {counts['t2i']} captions, "
+                       f"{counts['understanding']} conversations, {counts['text']} texts; "
+                       f"held out: {counts['eval_images']} pictures, {counts['eval_vqa']} "
+                       f"questions, {counts['geneval']} prompts; vocabulary "
+                       f"{counts['token_ids']['vocab_size']}")
+    return model_config(counts["token_ids"])
+
+  # --- phase 2: the VQ tokenizer -----------------------------------------------------------
+  def train_vq(self, config: JanusConfig) -> str:
+    from janus_jax import checkpoint as checkpoint_lib
+    from janus_jax import train_vq
+    start = time.perf_counter()
+    out = self.path("vq")
+    paths = train_vq.image_paths(os.path.join(self.data_dir, "images", "train"))
+    if not checkpoint_lib.is_converted(out):
+      images = train_vq.load_images(paths, config.vq.image_size)
+      tc = train_vq.VQTrainConfig(steps=self.plan.vq_steps, ae_steps=self.plan.vq_ae_steps,
+                                  batch_size=32, seed=self.plan.seed)
+      params, history = train_vq.train(images, config, tc, progress=self.progress)
+      train_vq.save(out, params, config, history=history)
+    self.vq_check = self._check_vq(out, config)
+    self._phase("VQ tokenizer", start, steps=self.plan.vq_ae_steps + self.plan.vq_steps,
+                detail=self.vq_check["detail"])
+    return out
+
+  def _check_vq(self, vq_dir: str, config: JanusConfig) -> dict:
+    """Reconstructions of held-out pictures: does the detector read the same scene?"""
+    from janus_jax import train_vq
+    from janus_jax.data.vq_codes import load_vq_params
+    from janus_jax.demo import detector, report
+    _, params = load_vq_params(vq_dir)
+    paths = train_vq.image_paths(os.path.join(self.data_dir, "images", "eval"))[:64]
+    images = train_vq.load_images(paths, config.vq.image_size)
+    codes, recon = train_vq.reconstruct(params["vq"], config, images)
+    originals = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
+    same = [_scene_of(detector.detect(a)) == _scene_of(detector.detect(b))
+            for a, b in zip(originals, recon)]
+    os.makedirs(self.path("report"), exist_ok=True)
+    report.save_pairs(originals, recon, self.path("report", "vq_reconstructions.png"))
+    metrics = _read_jsonl(os.path.join(vq_dir, "metrics.jsonl"))
+    last = metrics[-1] if metrics else {}
+    detail = (f"the detector reads the same objects in {np.mean(same):.1%} of {len(same)} "
+              f"held-out reconstructions; {len(np.unique(codes))} of "
+              f"{config.vq.codebook_size} codes used; reconstruction MSE {last.get('recon', float('nan')):.4f}")
+    return dict(agreement=float(np.mean(same)), detail=detail)
+
+  # --- phase 3: prepared data sets -----------------------------------------------------------
+  def prepare(self, vq_dir: str) -> dict:
+    from janus_jax.data import prepare
+    start = time.perf_counter()
+    sources = {}
+    for kind in ("t2i", "understanding", "text"):
+      out = self.path("prepared", kind)
+      summary = prepare.prepare(
+          kind, os.path.join(self.data_dir, f"{kind}.jsonl"), out,
+          vq_checkpoint=vq_dir if kind == "t2i" else None,
+          image_size=world.IMAGE_SIZE if kind == "understanding" else None,
+          batch_size=256, shard_size=5000, progress=self.progress)
+      sources[kind] = [out]
+      if summary is not None and sum(summary["skipped"].values()):
+        raise RuntimeError(f"prepare skipped demo examples: {summary['skipped']}")
+    self._phase("prepare (TFDS / ArrayRecord)", start)
+    return sources
+
+  # --- phase 4: the init checkpoint ------------------------------------------------------------
+  def init_checkpoint(self, config: JanusConfig, vq_dir: str) -> str:
+    """Random LLM, SigLIP, aligners and heads + the trained VQ + the tokenizer files."""
+    from janus_jax import checkpoint as checkpoint_lib
+    from janus_jax.data.vq_codes import load_vq_params
+    from janus_jax.model import init_params
+    out = self.path("init")
+    if not checkpoint_lib.is_converted(out):
+      import jax
+      params = jax.device_get(init_params(config, jax.random.PRNGKey(self.plan.seed)))
+      params["vq"] = load_vq_params(vq_dir)[1]["vq"]
+      checkpoint_lib.save(out, params, config, source_dir=self.tokenizer_dir)
+    return out
+
+  # --- phase 5: Stages I -> III ------------------------------------------------------------------
+  def train_stage(self, stage: int, init_dir: str, sources: dict) -> str:
+    from tqdm import tqdm
+    from janus_jax.train import loop, recipe
+    start = time.perf_counter()
+    workdir = self.path(f"stage{stage}")
+    export = os.path.join(workdir, "export")
+    config = recipe.stage_config(stage, "demo")
+    config.init.path = init_dir
+    config.data.sources = sources
+    config.data.tokenizer_dir = self.tokenizer_dir
+    config.num_steps = self.plan.stage_steps[stage - 1]
+    config.seed = self.plan.seed + stage
+    name = f"Stage {'I' * stage}"
+    if not os.path.isfile(os.path.join(export, "config.json")):
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "train.log"), "a") as log_file, \
+          tqdm(total=config.num_steps, desc=name, unit="step", disable=not self.progress) as bar:
+        def log(line):
+          log_file.write(line + "\n")
+          log_file.flush()
+        def on_step(step):
+          bar.n = step
+          bar.refresh()
+        loop.train(config, workdir, log=log, on_step=on_step)
+    last = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    last = last[-1] if last else {}
+    losses = ", ".join(f"{kind} {last[f'loss/{kind}']:.3f}" for kind in
+                       ("understanding", "text", "t2i")
+                       if np.isfinite(last.get(f"loss/{kind}", float("nan"))))
+    self._phase(name, start, steps=config.num_steps, detail=f"losses {losses}")
+    return export
+
+  # --- phase 6: evaluation ---------------------------------------------------------------------
+  def evaluate(self, checkpoint: str, name: str) -> dict:
+    import janus_jax
+    from janus_jax import generate
+    from janus_jax.demo import evaluate
+    start = time.perf_counter()
+    p = self.plan
+    out = self.path("eval", name, "geneval")
+    args = ["--checkpoint", checkpoint, "--dtype", "float32",
+            "--prompts-file", os.path.join(self.data_dir, "evaluation_metadata.jsonl"),
+            "--out", out, "--num-images", str(p.images_per_prompt),
+            "--cfg-weight", str(p.cfg_weight), "--temperature", str(p.temperature),
+            "--seed", str(p.seed), "--batch-size", "64"]
+    if not self.progress:
+      args.append("--quiet")
+    if generate.main(args) != 0:
+      raise RuntimeError(f"python -m janus_jax.generate {' '.join(args)} failed")
+    geneval = evaluate.score_geneval(out)
+    loaded = janus_jax.load(checkpoint, dtype="float32")
+    vqa = evaluate.score_vqa(loaded, evaluate.read_vqa(self.data_dir, p.vqa_questions),
+                             progress=self.progress)
+    _write_json(self.path("eval", name, "scores.json"), dict(geneval=geneval, vqa=vqa))
+    self._phase(f"evaluate ({name})", start,
+                detail=f"mini-GenEval {geneval['overall']:.3f}, VQA {vqa['accuracy']:.3f}")
+    return dict(geneval=geneval, vqa=vqa, geneval_dir=out)
+
+  def detector_on_ground_truth(self, renders_per_prompt: int = 4) -> float:
+    from janus_jax.demo import detector
+    rng = random.Random(self.plan.seed)
+    entries = world.geneval_prompts(self.plan.geneval_per_category, self.plan.seed + 1)
+    hits = [detector.score(e, detector.detect(world.render(world.scene_for_prompt(e, rng))))
+            for e in entries for _ in range(renders_per_prompt)]
+    return float(np.mean(hits))
+
+  # --- everything --------------------------------------------------------------------------------
+  def run(self) -> dict:
+    from janus_jax.demo import report
+    t0 = time.perf_counter()
+    config = self.make_data()
+    vq_dir = self.train_vq(config)
+    sources = self.prepare(vq_dir)
+    init_dir = self.init_checkpoint(config, vq_dir)
+    checkpoint = init_dir
+    for stage in (1, 2, 3):
+      checkpoint = self.train_stage(stage, checkpoint, sources)
+    trained = self.evaluate(checkpoint, "trained")
+    untrained = self.evaluate(init_dir, "untrained")
+    gt = self.detector_on_ground_truth()
+    total = time.perf_counter() - t0
+    image = os.path.join(self.data_dir, "images", "eval",
+                         sorted(os.listdir(os.path.join(self.data_dir, "images", "eval")))[0])
+    usage = (f"python -m janus_jax.generate --checkpoint {checkpoint} --prompt "
+             f"\"a red circle left of a blue square\" --num-images 4 --out samples/\n"
+             f"python -m janus_jax.chat --checkpoint {checkpoint} --image {image} "
+             f"--question \"How many shapes are there?\"")
+    summary = dict(
+        workdir=self.workdir, checkpoint=checkpoint, seconds=total, plan=dataclasses.asdict(self.plan),
+        headline=(f"mini-GenEval {trained['geneval']['overall']:.3f} (untrained "
+                  f"{untrained['geneval']['overall']:.3f}), VQA accuracy "
+                  f"{trained['vqa']['accuracy']:.3f} (untrained "
+                  f"{untrained['vqa']['accuracy']:.3f}); {total / 60:.1f} minutes in all"),
+        results={"trained": trained, "untrained": untrained}, phases=self.phases,
+        images_per_prompt=self.plan.images_per_prompt, cfg_weight=self.plan.cfg_weight,
+        detector_on_ground_truth=gt, vq_detail=self.vq_check["detail"],
+        vq_agreement=self.vq_check["agreement"], geneval_dir=trained["geneval_dir"], usage=usage)
+    summary["report"] = report.write_report(self.workdir, summary)
+    _write_json(self.path("summary.json"), {k: v for k, v in summary.items() if k != "results"}
+                | {"scores": {name: dict(geneval=r["geneval"]["categories"],
+                                         geneval_overall=r["geneval"]["overall"],
+                                         vqa=r["vqa"]["accuracy"],
+                                         vqa_by_question=r["vqa"]["by_question"])
+                              for name, r in summary["results"].items()}})
+    return summary
+
+
+def _scene_of(detections) -> list:
+  return sorted((d.shape, d.colour, int(d.x // world.CELL), int(d.y // world.CELL))
+                for d in detections)
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.isfile(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_json(path: str, data) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(data, f, indent=2, default=str)
+    f.write("\n")
+  os.replace(tmp, path)

@@ -1,0 +1,299 @@
+"""python -m janus_jax.train_vq --images IMAGES --model-config CONFIG.json --out DIR: train a VQ.
+
+Trains the VQ image tokenizer of a Janus config (janus_jax.modules.vq, LlamaGen's VQ)
+from scratch on a folder of images or a JSONL of {"image": path} (the t2i input of
+`python -m janus_jax.data.prepare`). Released Janus models ship their VQ pretrained; a model
+of a new visual world needs its own.
+
+Losses (LlamaGen's, without the perceptual and adversarial terms): mean squared
+reconstruction error + codebook loss |sg(z) - zq|^2 + commitment * |z - sg(zq)|^2, with z
+the L2-normalised latents, zq their nearest (normalised) codebook rows and the
+straight-through estimator into the decoder. Adam with a linear warm-up and cosine decay.
+Small codebooks collapse easily when trained from scratch, so training can start as a plain
+autoencoder (`--ae-steps`, the decoder sees the latents themselves), seed the codebook by
+cosine k-means over the latents, and then train with quantisation; codes that no latent
+chose for `--restart-every` steps are re-seeded from latents of the batch (not in the last
+fifth of training).
+
+DIR is a checkpoint directory (config.json + params {"vq": ...}, written atomically) that
+`prepare --vq-checkpoint DIR` reads; `metrics.jsonl` beside the params has the losses.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from janus_jax import checkpoint as checkpoint_lib
+from janus_jax.config import JanusConfig
+from janus_jax.modules.vq import VQModel
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class VQTrainConfig:
+  steps: int = 1000
+  ae_steps: int = 0             # autoencoder warm-up steps (no quantisation) before `steps`
+  batch_size: int = 32
+  learning_rate: float = 2e-3
+  warmup_steps: int = 20
+  commitment: float = 0.25
+  codebook_weight: float = 1.0
+  restart_every: int = 25       # re-seed codes unused over this many steps (0: never)
+  seed: int = 0
+  log_every: int = 25
+
+
+def image_paths(source: str) -> list[str]:
+  """The image files of a folder, or the "image" paths of a JSONL (relative to it)."""
+  if os.path.isdir(source):
+    paths = sorted(p for p in glob.glob(os.path.join(source, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_EXTENSIONS))
+  elif os.path.isfile(source):
+    root, paths = os.path.dirname(os.path.abspath(source)), []
+    with open(source, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          item = json.loads(line)
+        except json.JSONDecodeError:
+          raise ValueError(f"{source} line {n} is not JSON; give a JSONL of "
+                           '{"image": path} objects or a folder of images.') from None
+        path = item.get("image") if isinstance(item, dict) else None
+        if not isinstance(path, str):
+          raise ValueError(f'{source} line {n} has no "image" path.')
+        paths.append(os.path.join(root, path))
+    paths = list(dict.fromkeys(paths))     # several captions may share one image
+  else:
+    raise ValueError(f"--images {source} does not exist; give a folder of images or a JSONL.")
+  if not paths:
+    raise ValueError(f"no images found in {source}.")
+  return paths
+
+
+def load_images(paths: list[str], size: int) -> np.ndarray:
+  """float32 [N, size, size, 3] in [-1, 1], preprocessed as for generation (JANUS.md §3.1)."""
+  from janus_jax.processor import preprocess_generation_image
+  out = np.empty((len(paths), size, size, 3), np.float32)
+  for i, path in enumerate(paths):
+    try:
+      out[i] = preprocess_generation_image(path, size)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"cannot read image {path}: {e}") from None
+  return out
+
+
+def make_step(model: VQModel, optimizer, tc: VQTrainConfig, quantize: bool = True):
+  def loss_fn(params, pixels):
+    decoded, z, zq, codes = model.apply({"params": params}, pixels, quantize,
+                                        method=VQModel.train_forward)
+    recon = jnp.mean(jnp.square(decoded - pixels))
+    codebook = jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - zq), -1))
+    commit = jnp.mean(jnp.sum(jnp.square(z - jax.lax.stop_gradient(zq)), -1))
+    loss = recon + (tc.codebook_weight * codebook + tc.commitment * commit if quantize else 0.0)
+    return loss, dict(loss=loss, recon=recon, codebook=codebook, commitment=commit,
+                      codes=codes, z=z)
+
+  @jax.jit
+  def step(params, opt_state, pixels):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, pixels)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, aux
+  return step
+
+
+def _restart_unused(params, used: np.ndarray, latents: np.ndarray, rng: np.random.Generator):
+  """Codebook rows never used -> random latents of the last batch (direction only)."""
+  dead = np.nonzero(~used)[0]
+  if not len(dead):
+    return params, 0
+  flat = latents.reshape(-1, latents.shape[-1])
+  table = np.array(params["quantize"]["embedding"])
+  table[dead] = flat[rng.integers(0, len(flat), len(dead))]
+  return _with_codebook(params, table), len(dead)
+
+
+def _with_codebook(params, table: np.ndarray):
+  params = dict(params)
+  params["quantize"] = {"embedding": jnp.asarray(table, jnp.float32)}
+  return params
+
+
+def spherical_kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
+                     iterations: int = 20) -> np.ndarray:
+  """k unit centroids [k, d] of unit vectors [n, d] (cosine k-means; empty clusters are
+  re-seeded from the points farthest from their centroid)."""
+  points = points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)
+  centroids = points[rng.choice(len(points), k, replace=len(points) < k)]
+  for _ in range(iterations):
+    similarity = points @ centroids.T
+    assign = similarity.argmax(-1)
+    fit = similarity[np.arange(len(points)), assign]
+    order = np.argsort(fit)                   # worst-fitted first
+    spare = 0
+    for j in range(k):
+      members = points[assign == j]
+      if len(members):
+        mean = members.sum(0)
+        centroids[j] = mean / max(np.linalg.norm(mean), 1e-12)
+      else:
+        centroids[j] = points[order[spare % len(points)]]
+        spare += 1
+  return centroids
+
+
+def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progress: bool = True,
+          log=None, metrics_path: str | None = None) -> tuple[dict, list[dict]]:
+  """Trains the VQ of `config` on images float32 [N, S, S, 3] in [-1, 1]: `ae_steps` as an
+  autoencoder, then the codebook seeded by k-means over the latents, then `steps` with
+  quantisation. Returns (VQ params, logged metric dicts)."""
+  size = config.vq.image_size
+  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+    raise ValueError(f"expected images [N, {size}, {size}, 3], got {images.shape}.")
+  import flax.linen as nn
+  model = VQModel(config.vq)
+  rng = np.random.default_rng(tc.seed)
+  params = nn.unbox(model.init(jax.random.PRNGKey(tc.seed), jnp.asarray(images[:1]))["params"])
+  total = tc.ae_steps + tc.steps
+  schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
+                                                max(total, tc.warmup_steps + 1),
+                                                tc.learning_rate * 0.05)
+  optimizer = optax.adam(schedule)
+  opt_state = optimizer.init(params)
+  steps = {q: make_step(model, optimizer, tc, quantize=q) for q in (False, True)}
+  used = np.zeros(config.vq.codebook_size, bool)
+  history, interval = [], []
+  from tqdm import tqdm
+  bar = tqdm(range(total), desc="train VQ", unit="step", disable=not progress)
+  start = time.perf_counter()
+  metrics_file = open(metrics_path, "w") if metrics_path else None
+  try:
+    for i in bar:
+      quantize = i >= tc.ae_steps
+      if quantize and i == tc.ae_steps and tc.ae_steps:
+        params = _with_codebook(params, spherical_kmeans(
+            _latents(model, params, images, rng), config.vq.codebook_size, rng))
+      batch = images[rng.integers(0, len(images), tc.batch_size)]
+      params, opt_state, aux = steps[quantize](params, opt_state, jnp.asarray(batch))
+      interval.append({k: float(aux[k]) for k in ("loss", "recon", "codebook", "commitment")})
+      codes = np.asarray(aux["codes"])
+      if quantize:
+        used[codes.reshape(-1)] = True
+        if (tc.restart_every and (i + 1 - tc.ae_steps) % tc.restart_every == 0
+            and i + 1 < total - tc.steps * 0.2):
+          params, _ = _restart_unused(params, used, np.asarray(aux["z"]), rng)
+          used[:] = False
+      if (i + 1) % tc.log_every == 0 or i + 1 == total:
+        row = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]}
+        row.update(step=i + 1, phase="vq" if quantize else "autoencoder",
+                   codes_used=int(len(np.unique(codes))), seconds=time.perf_counter() - start)
+        history.append(row)
+        interval = []
+        bar.set_postfix(recon=f"{row['recon']:.4f}", codes=row["codes_used"])
+        if metrics_file:
+          metrics_file.write(json.dumps(row) + "\n")
+          metrics_file.flush()
+        if log:
+          log(f"vq step {i + 1}/{total} ({row['phase']}): recon {row['recon']:.5f} codebook "
+              f"{row['codebook']:.4f} commitment {row['commitment']:.4f} "
+              f"codes in batch {row['codes_used']}")
+  finally:
+    if metrics_file:
+      metrics_file.close()
+  return jax.device_get(params), history
+
+
+def _latents(model, params, images, rng, count: int = 512) -> np.ndarray:
+  """L2-normalised latents [n * g * g, d] of up to `count` random images."""
+  pick = images[rng.choice(len(images), min(count, len(images)), replace=False)]
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode_latents))
+  z = np.concatenate([np.asarray(fn(params, jnp.asarray(pick[i:i + 64])))
+                      for i in range(0, len(pick), 64)])
+  return z.reshape(-1, z.shape[-1])
+
+
+def save(out: str, vq_params, config: JanusConfig, history: list[dict] = (),
+         overwrite: bool = False) -> None:
+  """A checkpoint directory holding only the VQ (config.json + params {"vq": ...}) and the
+  training metrics (metrics.jsonl), written atomically."""
+  stored = config.replace(dtype="float32", param_dtype="float32")
+  with checkpoint_lib.atomic_directory(out, overwrite) as tmp:
+    writer = checkpoint_lib.ParamsWriter(tmp)
+    writer.add({"vq": jax.device_get(vq_params)})
+    writer.close()
+    checkpoint_lib.write_sidecars(tmp, stored)
+    with open(os.path.join(tmp, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(row) + "\n" for row in history)
+
+
+def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(codes int32 [N, g*g], uint8 reconstructions [N, S, S, 3]) of float images."""
+  model = VQModel(config.vq)
+  fn = jax.jit(lambda p, x: (lambda c: (c, model.apply({"params": p}, c,
+                                                       method=VQModel.decode)))(
+      model.apply({"params": p}, x, method=VQModel.encode)))
+  codes, pixels = [], []
+  for i in range(0, len(images), batch_size):
+    chunk = images[i:i + batch_size]
+    pad = batch_size - len(chunk)
+    c, x = fn(vq_params, jnp.asarray(np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])))
+    codes.append(np.asarray(c)[:len(chunk)])
+    pixels.append(np.asarray(x)[:len(chunk)])
+  pixels = np.concatenate(pixels)
+  # The reference's conversion of decoded pixels to uint8 (JANUS.md §4.3).
+  return np.concatenate(codes), np.clip((pixels + 1) / 2 * 255, 0, 255).astype(np.uint8)
+
+
+def _parser():
+  parser = argparse.ArgumentParser(prog="python -m janus_jax.train_vq",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--images", required=True, help="folder of images or JSONL of {'image': path}")
+  parser.add_argument("--model-config", required=True,
+                      help="the JanusConfig (config.json) whose VQ to train, or a preset name")
+  parser.add_argument("--out", required=True, help="checkpoint directory to write")
+  defaults = VQTrainConfig()
+  for field in dataclasses.fields(VQTrainConfig):
+    parser.add_argument("--" + field.name.replace("_", "-"),
+                        type=int if field.type == "int" else float,
+                        default=getattr(defaults, field.name))
+  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--no-progress", action="store_true")
+  return parser
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    if os.path.exists(args.out) and not args.overwrite:
+      raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")
+    if os.path.isfile(args.model_config):
+      config = JanusConfig.from_json(args.model_config)
+    else:
+      config = JanusConfig.preset(args.model_config)
+    tc = VQTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(VQTrainConfig)})
+    images = load_images(image_paths(args.images), config.vq.image_size)
+    params, history = train(images, config, tc, progress=not args.no_progress)
+    save(args.out, params, config, history, overwrite=args.overwrite)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  last = history[-1]
+  print(f"trained the VQ for {tc.steps} steps on {len(images)} images: reconstruction MSE "
+        f"{last['recon']:.5f}; wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
