@@ -132,10 +132,18 @@ def _with_codebook(params, table: np.ndarray):
 
 def spherical_kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
                      iterations: int = 20) -> np.ndarray:
-  """k unit centroids [k, d] of unit vectors [n, d] (cosine k-means; empty clusters are
-  re-seeded from the points farthest from their centroid)."""
+  """k unit centroids [k, d] of unit vectors [n, d] (cosine k-means, k-means++ seeding;
+  empty clusters are re-seeded from the points farthest from their centroid)."""
   points = points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)
-  centroids = points[rng.choice(len(points), k, replace=len(points) < k)]
+  centroids = np.empty((k, points.shape[-1]), points.dtype)
+  centroids[0] = points[rng.integers(len(points))]
+  distance = 1.0 - points @ centroids[0]
+  for j in range(1, k):
+    weights = np.maximum(distance, 0.0)
+    total = weights.sum()
+    pick = rng.choice(len(points), p=weights / total) if total > 0 else rng.integers(len(points))
+    centroids[j] = points[pick]
+    distance = np.minimum(distance, 1.0 - points @ centroids[j])
   for _ in range(iterations):
     similarity = points @ centroids.T
     assign = similarity.argmax(-1)

@@ -145,3 +145,13 @@ def test_spherical_kmeans_finds_separated_clusters():
   points = np.concatenate([c + 0.05 * rng.standard_normal((50, 4)) for c in centres])
   found = spherical_kmeans(points, 4, rng)
   assert np.all((found @ centres.T).max(0) > 0.99)
+
+
+def test_demo_stage_configs_keep_the_published_ratios():
+  from janus_jax.train import recipe
+  for stage in (1, 2, 3):
+    demo, published = recipe.stage_config(stage, "demo"), recipe.stage_config(stage, "pro_1b")
+    assert dict(demo.data.ratios) == dict(published.data.ratios)
+    assert set(published.trainable) <= set(demo.trainable) and "vision/.*" in demo.trainable
+    assert demo.optimizer.learning_rate == recipe.DEMO_LR[stage]
+    assert demo.data.system_prompt == "" and published.data.system_prompt != ""

@@ -1,6 +1,7 @@
 """Processor: prompt templates, token ids and pixel values against transformers' Janus
 processor and the reference strings of JANUS.md §3.3–3.4; left-padded batches."""
 import json
+import shutil
 import os
 
 import numpy as np
@@ -147,6 +148,24 @@ def test_role_style_is_detected_from_the_vocabulary(tmp_path, tokenizer_dir, pro
   assert Processor.from_directory(str(tmp_path), _config()).role_style == "pro"
   with pytest.raises(ValueError, match="role_style"):
     Processor.from_directory(tokenizer_dir, _config(), role_style="llama")
+
+
+def test_system_prompt_comes_from_processor_config(tmp_path, tokenizer_dir, processor):
+  """A model trained without the default system prompt names its own in
+  processor_config.json; understanding prompts and batches then use it."""
+  question = [{"role": "user", "content": "What is it?"}]
+  assert processor.understanding_prompt(question).startswith(DEFAULT_SYSTEM_PROMPT)
+  shutil.copy(os.path.join(tokenizer_dir, "tokenizer.json"), tmp_path / "tokenizer.json")
+  with open(tmp_path / "processor_config.json", "w") as f:
+    json.dump({"system_prompt": ""}, f)
+  other = Processor.from_directory(str(tmp_path), _config())
+  assert other.understanding_prompt(question) == "<|User|>: What is it?\n\n<|Assistant|>:"
+  short = other.understanding_batch(["What is it?"], [None])["input_ids"]
+  long = processor.understanding_batch(["What is it?"], [None])["input_ids"]
+  assert short.shape[1] < long.shape[1]
+  assert list(short[0]) == other.encode(other.understanding_prompt(question))
+  # an explicit argument still wins
+  assert other.understanding_prompt(question, "Be brief.").startswith("Be brief.\n\n")
 
 
 # --- templates ------------------------------------------------------------------------------

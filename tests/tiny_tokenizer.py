@@ -20,14 +20,7 @@ CORPUS = [
 
 
 def write_tokenizer(directory: str, vocab_size: int = 300) -> str:
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE(unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tok.train_from_iterator(CORPUS * 4, trainer)
+  from janus_jax.demo.data import byte_level_bpe
   path = os.path.join(directory, "tokenizer.json")
-  tok.save(path)
+  byte_level_bpe(CORPUS * 4, vocab_size, SPECIAL).save(path)
   return path

@@ -1,6 +1,7 @@
 """The demo's raw data (pictures + JSONL in the inputs `prepare` reads) and its tokenizer.
 
   <dir>/images/{train,eval}/<n>.png   the pictures (48 x 48)
+  <dir>/images/vq/<n>.png             denser pictures (world.dense_scene) to train the VQ on
   <dir>/t2i.jsonl                     {"image", "caption"}: `captions_per_image` per picture
   <dir>/understanding.jsonl           LLaVA-style {"image", "conversations"}: 1-3 question
                                       turns per picture
@@ -45,14 +46,18 @@ def _save_png(image: np.ndarray, path: str) -> None:
   Image.fromarray(image).save(path)
 
 
-def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int,
+def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int, vq_scenes: int = 0,
                  captions_per_image: int = 2, questions_per_image: int = 3,
                  geneval_per_category: int = 8, seed: int = 0, progress: bool = True) -> dict:
   """Writes the raw data set (see the module docstring); returns counts."""
   from tqdm import tqdm
   rng = random.Random(seed)
-  for split in ("train", "eval"):
+  for split in ("train", "eval", "vq"):
     os.makedirs(os.path.join(directory, "images", split), exist_ok=True)
+  vq_rng = random.Random(seed + 7)
+  for n in range(vq_scenes):
+    _save_png(world.render(world.dense_scene(vq_rng)),
+              os.path.join(directory, "images", "vq", f"{n}.png"))
   t2i, und, text, vqa = [], [], [], []
   total = train_scenes + eval_scenes
   for n in tqdm(range(total), desc="shapes world", unit="img", disable=not progress):
@@ -80,7 +85,7 @@ def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int,
       "eval_vqa": _write_jsonl(os.path.join(directory, "eval_vqa.jsonl"), vqa),
       "geneval": _write_jsonl(os.path.join(directory, "evaluation_metadata.jsonl"),
                               world.geneval_prompts(geneval_per_category, seed + 1)),
-      "train_images": train_scenes, "eval_images": eval_scenes,
+      "train_images": train_scenes, "eval_images": eval_scenes, "vq_images": vq_scenes,
   }
   return counts
 
@@ -99,19 +104,25 @@ def corpus(directory: str):
       yield " ".join(t["value"] for t in json.loads(line)["conversations"])
 
 
-def train_tokenizer(directory: str, out: str, vocab_size: int = 384) -> dict[str, int]:
-  """Trains a byte-level BPE on `corpus(directory)` and writes `out/tokenizer.json` and
-  `out/processor_config.json`; returns the special-token ids (JanusConfig fields)."""
+def byte_level_bpe(texts, vocab_size: int, special_tokens):
+  """A byte-level BPE `tokenizers.Tokenizer` (as DeepSeek's) trained on `texts`, with
+  `special_tokens` at ids 0, 1, ... in that order."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from janus_jax.processor import SPECIAL_TOKENS as FIELDS
   tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
-  # The prompt templates' own words (roles are special tokens; "\n\n" and ":" are bytes).
-  tokenizer.train_from_iterator(corpus(directory), trainer)
+  tokenizer.train_from_iterator(texts, trainer)
+  return tokenizer
+
+
+def train_tokenizer(directory: str, out: str, vocab_size: int = 384) -> dict[str, int]:
+  """Trains a byte-level BPE on `corpus(directory)` and writes `out/tokenizer.json` and
+  `out/processor_config.json`; returns the special-token ids (JanusConfig fields)."""
+  from janus_jax.processor import SPECIAL_TOKENS as FIELDS
+  tokenizer = byte_level_bpe(corpus(directory), vocab_size, SPECIAL_TOKENS)
   os.makedirs(out, exist_ok=True)
   tokenizer.save(os.path.join(out, "tokenizer.json"))
   with open(os.path.join(out, "processor_config.json"), "w") as f:

@@ -101,6 +101,14 @@ def random_scene(rng: random.Random, num_objects: int | None = None,
                for i in range(n))
 
 
+def dense_scene(rng: random.Random, fill: float = 0.6) -> Scene:
+  """A scene with each cell holding a random object with probability `fill` (at least
+  one): pictures of many objects, the VQ tokenizer's training data (most of their pixels
+  are objects, so it learns them in few steps)."""
+  cells = [c for c in range(GRID * GRID) if rng.random() < fill] or [rng.randrange(GRID * GRID)]
+  return tuple(Obj(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), c) for c in cells)
+
+
 def _mask(shape: str, size: int = CELL) -> np.ndarray:
   """bool [size, size]: the shape centred in a cell, sampled at pixel centres."""
   y, x = np.mgrid[0:size, 0:size] + 0.5
@@ -192,8 +200,7 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
 
 
 def random_questions(scene: Scene, rng: random.Random, n: int) -> list[tuple[str, str]]:
-  """`n` distinct questions about `scene` (fewer if it has fewer); yes/no questions and
-  the rest balanced so that no answer dominates."""
+  """`n` distinct questions about `scene` (fewer if it has fewer), drawn uniformly."""
   pool = questions(scene)
   rng.shuffle(pool)
   return pool[:n]

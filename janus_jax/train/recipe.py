@@ -122,6 +122,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.global_batch_size = 16
     c.loss_chunk = 0
     c.data.seq_len = 256
+    c.data.max_images = 8        # packed rows hold several short conversations
     c.data.system_prompt = ""
     c.checkpoint.every = 100
     c.checkpoint.keep = 1
