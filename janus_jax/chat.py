@@ -37,22 +37,15 @@ def _parser():
   return parser
 
 
-def first_turn(question: str, num_images: int) -> str:
-  """The first user turn: one <image_placeholder> line per image before the question,
-  unless the question places them itself (as the processor does for a plain question)."""
-  from janus_jax.processor import IMAGE_TOKEN
-  if IMAGE_TOKEN in question:
-    return question
-  return f"{IMAGE_TOKEN}\n" * num_images + question
-
-
-def conversation(history: list[tuple[str, str]], question: str, num_images: int) -> list[dict]:
-  """(question, answer) pairs + the new question -> [{"role", "content"}, ...] turns."""
+def conversation(history: list[tuple[str, str]], question: str, num_images: int,
+                 processor) -> list[dict]:
+  """(question, answer) pairs + the new question -> [{"role", "content"}, ...] turns; the
+  images go into the first turn where the processor places them (Processor.place_images)."""
   turns = []
   for asked, answered in history:
     turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
   turns.append({"role": "user", "content": question})
-  turns[0] = {"role": "user", "content": first_turn(turns[0]["content"], num_images)}
+  turns[0] = {"role": "user", "content": processor.place_images(turns[0]["content"], num_images)}
   return turns
 
 
@@ -88,7 +81,8 @@ def _interactive(chat: _Chat) -> None:
         print(file=sys.stderr)   # end the "> " line at EOF
       return
     try:
-      answer = chat.ask(conversation(history, question, len(chat.images)), turn=len(history))
+      answer = chat.ask(conversation(history, question, len(chat.images), chat.model.processor),
+                        turn=len(history))
     except ValueError as e:   # e.g. the conversation outgrew the context: keep the session
       print(f"error: {cli_common.one_line(e)}", file=sys.stderr)
       continue

@@ -39,6 +39,7 @@ ROLES = {"pro": ("<|User|>", "<|Assistant|>"), "janus": ("User", "Assistant")}
 BACKGROUND = (127, 127, 127)   # int(0.5 * 255) per channel: the image mean
 MIN_SIZE = 14
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+IMAGE_POSITIONS = ("before", "after")   # where a plain question's pictures go
 
 
 def sft_prompt(messages: Sequence[tuple[str, str]], system_prompt: str = "") -> str:
@@ -149,9 +150,12 @@ class Processor:
   """
 
   def __init__(self, tokenizer, config, role_style: str | None = None,
-               system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+               system_prompt: str = DEFAULT_SYSTEM_PROMPT, image_position: str = "before"):
     self.tokenizer, self.config = tokenizer, config
     self.system_prompt = system_prompt
+    if image_position not in IMAGE_POSITIONS:
+      raise ValueError(f"image_position={image_position!r}; choose one of {IMAGE_POSITIONS}.")
+    self.image_position = image_position
     tokenizer.no_padding()
     tokenizer.no_truncation()
     for field, tag in SPECIAL_TOKENS.items():
@@ -179,18 +183,29 @@ class Processor:
     if not os.path.isfile(file):
       raise ValueError(f"{path} has no tokenizer.json; copy the checkpoint's tokenizer files.")
     extra = os.path.join(path, "processor_config.json")
-    system_prompt = DEFAULT_SYSTEM_PROMPT
+    options = {}
     if os.path.isfile(extra):
       with open(extra) as f:
         options = json.load(f)
       role_style = role_style or options.get("role_style")
-      # A model trained with another system prompt (or none) names it here.
-      system_prompt = options.get("system_prompt", system_prompt)
     try:
       tokenizer = Tokenizer.from_file(file)
     except Exception as e:  # tokenizers raises a bare Exception for unreadable files
       raise ValueError(f"cannot read {file}: {e}") from None
-    return cls(tokenizer, config, role_style, system_prompt)
+    # A model trained with another system prompt (or none), or with its pictures after the
+    # question, says so in processor_config.json.
+    return cls(tokenizer, config, role_style,
+               options.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
+               options.get("image_position", "before"))
+
+  def place_images(self, question: str, num_images: int) -> str:
+    """A plain question -> its first user turn: one placeholder line per image before the
+    question (Janus' layout) or after it (image_position "after"); a question that has
+    placeholders keeps them where they are."""
+    if IMAGE_TOKEN in question or not num_images:
+      return question
+    tags = f"{IMAGE_TOKEN}\n" * num_images
+    return tags + question if self.image_position == "before" else question + "\n" + tags.rstrip("\n")
 
   # --- text --------------------------------------------------------------------------------
   def understanding_prompt(self, conversation: Sequence[dict],
@@ -275,9 +290,8 @@ class Processor:
       if isinstance(conversation, str):
         if not conversation.strip():
           raise ValueError(f"question {b} is empty; ask something about the image.")
-        if IMAGE_TOKEN not in conversation:
-          conversation = f"{IMAGE_TOKEN}\n" * len(row_images) + conversation
-        conversation = [{"role": "user", "content": conversation}]
+        conversation = [{"role": "user",
+                         "content": self.place_images(conversation, len(row_images))}]
       ids = self.encode(self.understanding_prompt(conversation, system_prompt), expand_images=False)
       placeholders = ids.count(self.image_token_id)
       if placeholders != len(row_images):

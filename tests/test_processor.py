@@ -168,6 +168,29 @@ def test_system_prompt_comes_from_processor_config(tmp_path, tokenizer_dir, proc
   assert other.understanding_prompt(question, "Be brief.").startswith("Be brief.\n\n")
 
 
+def test_image_position_comes_from_processor_config(tmp_path, tokenizer_dir, processor):
+  assert processor.place_images("What is it?", 1) == "<image_placeholder>\nWhat is it?"
+  shutil.copy(os.path.join(tokenizer_dir, "tokenizer.json"), tmp_path / "tokenizer.json")
+  with open(tmp_path / "processor_config.json", "w") as f:
+    json.dump({"image_position": "after"}, f)
+  after = Processor.from_directory(str(tmp_path), _config())
+  assert after.place_images("What is it?", 2) == (
+      "What is it?\n<image_placeholder>\n<image_placeholder>")
+  assert after.place_images("<image_placeholder> What?", 1) == "<image_placeholder> What?"
+  image = np.zeros((8, 8, 3), np.uint8)
+  batch = after.understanding_batch(["What is it?"], [image])
+  ids = list(batch["input_ids"][0])
+  question = after.tokenizer.encode("What", add_special_tokens=False).ids[0]
+  assert ids.index(question) < ids.index(after.boi_token_id)
+  from janus_jax.chat import conversation
+  turns = conversation([("What is it?", "a cat")], "And now?", 1, after)
+  assert turns[0]["content"] == "What is it?\n<image_placeholder>"
+  with open(tmp_path / "processor_config.json", "w") as f:
+    json.dump({"image_position": "middle"}, f)
+  with pytest.raises(ValueError, match="image_position"):
+    Processor.from_directory(str(tmp_path), _config())
+
+
 # --- templates ------------------------------------------------------------------------------
 SYSTEM = DEFAULT_SYSTEM_PROMPT
 

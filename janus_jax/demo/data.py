@@ -4,7 +4,7 @@
   <dir>/images/vq/<n>.png             denser pictures (world.dense_scene) to train the VQ on
   <dir>/t2i.jsonl                     {"image", "caption"}: `captions_per_image` per picture
   <dir>/understanding.jsonl           LLaVA-style {"image", "conversations"}: 1-3 question
-                                      turns per picture
+                                      turns per picture (the picture after the first question)
   <dir>/text.jsonl                    {"text"}: a sentence about each picture
   <dir>/eval_vqa.jsonl                {"image", "question", "answer"} on held-out pictures
   <dir>/evaluation_metadata.jsonl     GenEval-style prompts (world.geneval_prompts)
@@ -26,9 +26,15 @@ from janus_jax.processor import (BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, IMA
 
 SPECIAL_TOKENS = ["<unk>", BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN,
                   *ROLES["pro"]]
-# The demo trains and chats without a system prompt (rows stay short); the chat CLI reads
-# this from the checkpoint's processor_config.json.
+# The demo trains and chats without a system prompt (rows stay short), and shows the
+# picture after the first question: a model this small then needs only one attention hop
+# from a picture token to the question's words ("is this the circle asked about?"); with
+# the picture first, the answer position must first gather the question and then search
+# the picture, which it did not learn in the demo's budget (VQA stayed near chance for
+# questions naming a shape). The chat CLI and generate_text read both from the
+# checkpoint's processor_config.json.
 SYSTEM_PROMPT = ""
+IMAGE_POSITION = "after"
 
 
 def _write_jsonl(path: str, rows) -> int:
@@ -74,7 +80,7 @@ def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int, vq_scen
       t2i.append({"image": name, "caption": caption, "category": category})
     turns = []
     for q, a in world.random_questions(scene, rng, rng.randint(1, questions_per_image)):
-      turns += [{"from": "human", "value": (f"<image>\n{q}" if not turns else q)},
+      turns += [{"from": "human", "value": (f"{q}\n<image>" if not turns else q)},
                 {"from": "gpt", "value": a}]
     und.append({"image": name, "conversations": turns})
     text.append({"text": world.describe(scene)})
@@ -126,7 +132,8 @@ def train_tokenizer(directory: str, out: str, vocab_size: int = 384) -> dict[str
   os.makedirs(out, exist_ok=True)
   tokenizer.save(os.path.join(out, "tokenizer.json"))
   with open(os.path.join(out, "processor_config.json"), "w") as f:
-    json.dump({"role_style": "pro", "system_prompt": SYSTEM_PROMPT}, f, indent=2)
+    json.dump({"role_style": "pro", "system_prompt": SYSTEM_PROMPT,
+               "image_position": IMAGE_POSITION}, f, indent=2)
   ids = {field: tokenizer.token_to_id(tag) for field, tag in FIELDS.items()}
   ids["vocab_size"] = tokenizer.get_vocab_size()
   return ids

@@ -28,6 +28,7 @@ class Plan:
   captions_per_image: int
   vq_ae_steps: int
   vq_steps: int
+  vq_batch: int
   stage_steps: tuple[int, int, int]
   geneval_per_category: int
   images_per_prompt: int
@@ -40,10 +41,10 @@ class Plan:
 
 
 FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_image=2,
-            vq_ae_steps=100, vq_steps=220, stage_steps=(50, 600, 250), geneval_per_category=12,
+            vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 600, 250), geneval_per_category=12,
             images_per_prompt=4, vqa_questions=600)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
-             vq_ae_steps=60, vq_steps=90, stage_steps=(20, 100, 40), geneval_per_category=4,
+             vq_ae_steps=150, vq_steps=250, vq_batch=16, stage_steps=(20, 80, 30), geneval_per_category=4,
              images_per_prompt=2, vqa_questions=120)
 
 # The VQ: LlamaGen's architecture at 48 px with three downsamplings (6 x 6 codes, one 2 x 2
@@ -117,7 +118,7 @@ class Demo:
     if not checkpoint_lib.is_converted(out):
       images = train_vq.load_images(paths, config.vq.image_size)
       tc = train_vq.VQTrainConfig(steps=self.plan.vq_steps, ae_steps=self.plan.vq_ae_steps,
-                                  batch_size=32, seed=self.plan.seed)
+                                  batch_size=self.plan.vq_batch, seed=self.plan.seed)
       params, history = train_vq.train(images, config, tc, progress=self.progress)
       train_vq.save(out, params, config, history=history)
     self.vq_check = self._check_vq(out, config)
