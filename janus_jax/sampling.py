@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ import flax.linen as nn
 from janus_jax import sharding as sharding_lib
 from janus_jax.config import JanusConfig
 from janus_jax.modules.janus import Janus
+from janus_jax.modules.layers import gelu
 from janus_jax.modules import llm as llm_lib
 
 BUCKET = 32   # prompt lengths are padded up to a multiple of this
@@ -100,38 +102,87 @@ def unrolled_decode_default() -> bool:
   return jax.default_backend() == "cpu"
 
 
-class _Trunk:
-  """The LLM decoder over a preallocated KV cache, in the form chosen for the backend.
+def _decode_form(config: JanusConfig, mesh) -> tuple[int, int]:
+  """How the decode loop runs the LLM: (groups, parts).
 
-  unrolled: per-layer weights and caches (`llm.decode_layers`); otherwise the scanned
-  `Janus.decode` over the stacked cache [L, B, K, S, H].
+  groups 0: the scanned layer stack. groups >= 1: layer by layer (`llm.decode_layers`), each
+  layer's kv heads in `groups` cache groups and, with parts >= 1, every weight matrix of the
+  layers and of the output head in `parts` column blocks: independent products that XLA:CPU
+  runs on different cores (as many as cores, up to 8). On a mesh: (1, 0), the plain layer
+  params, whose kv heads and columns follow the tensor axis.
+  """
+  if not unrolled_decode_default():
+    return 0, 0
+  if mesh is not None:
+    return 1, 0
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = max(1, min(cores or 1, 8))
+  heads = config.llm.num_kv_heads
+  return max(g for g in range(1, min(cores, heads) + 1) if heads % g == 0), cores
+
+
+class _Trunk:
+  """The LLM decoder over a preallocated KV cache and one output head, in the form
+  `_decode_form` chose. Weights are sliced / split here, once, outside the token loop.
+
+  head: "gen" (image-code logits) or "text" (lm_head logits).
   """
 
-  def __init__(self, model: Janus, params, unrolled: bool):
-    self.model, self.params, self.unrolled = model, params, unrolled
+  def __init__(self, model: Janus, params, form, head: str):
+    self.model, self.params = model, params
+    self.groups, self.parts = form or (0, 0)   # a false form (0, False): the layer stack
+    self.unrolled = self.groups > 0
     self.cfg = model.config
-    if unrolled:
-      self.layers = llm_lib.split_layers(params["llm"]["layers"], self.cfg.llm.num_layers)
+    self.dtype = jnp.dtype(self.cfg.dtype)
+    self.head = head
+    if self.unrolled:
+      self.layers = llm_lib.split_layers(params["llm"]["layers"], self.cfg.llm, self.parts)
+    if self.unrolled and self.parts:
+      split = lambda w: llm_lib.split_columns(w, self.parts)
+      if head == "gen":
+        fc1, fc2 = params["gen_head"]["fc1"], params["gen_head"]["fc2"]
+        self.head_params = (split(fc1["kernel"]), fc1["bias"], split(fc2["kernel"]), fc2["bias"])
+      else:
+        self.head_params = split(params["llm"]["lm_head"]["kernel"])
 
   def init_cache(self, batch: int, length: int):
     """An empty cache, rows following the batch sharding and kv heads the tensor axis."""
-    dtype = jnp.dtype(self.cfg.dtype)
     if self.unrolled:
       spec = llm_lib.CACHE_AXES[1:]
-      caches = llm_lib.init_layer_caches(self.cfg.llm, batch, length, dtype)
-      return [tuple(nn.with_logical_constraint(a, spec) for a in kv) for kv in caches]
-    cache = llm_lib.init_cache(self.cfg.llm, batch, length, dtype)
+      caches = llm_lib.init_layer_caches(self.cfg.llm, batch, length, self.dtype, self.groups)
+      return jax.tree.map(lambda a: nn.with_logical_constraint(a, spec), caches)
+    cache = llm_lib.init_cache(self.cfg.llm, batch, length, self.dtype)
     return {k: nn.with_logical_constraint(v, llm_lib.CACHE_AXES) for k, v in cache.items()}
+
+  def grow_cache(self, cache, length: int):
+    """The cache with its slots axis zero-padded to `length` (a copy, between loops)."""
+    def grow(a):
+      axis = a.ndim - 2                      # [..., S, H]
+      pad = [(0, 0)] * a.ndim
+      pad[axis] = (0, length - a.shape[axis])
+      return a if length == a.shape[axis] else jnp.pad(a, pad)
+    return jax.tree.map(grow, cache)
 
   def __call__(self, embeds, positions, key_mask, cache, cache_index):
     """-> (final-normed hidden [B, T, D], updated cache); see `LLM.__call__`."""
     if self.unrolled:
-      dtype, param_dtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
       return llm_lib.decode_layers(self.cfg.llm, self.layers, self.params["llm"]["final_norm"],
-                                   embeds, positions, key_mask, cache, cache_index, dtype,
-                                   param_dtype)
+                                   embeds, positions, key_mask, cache, cache_index, self.dtype,
+                                   jnp.dtype(self.cfg.param_dtype))
     return self.model.apply({"params": self.params}, embeds, positions, key_mask, cache,
                             cache_index, method=Janus.decode)
+
+  def logits(self, hidden):
+    """Final-normed hidden [..., D] -> float32 logits of this trunk's head."""
+    if not (self.unrolled and self.parts):
+      method = Janus.gen_logits if self.head == "gen" else Janus.text_logits
+      return self.apply(method, hidden)
+    if self.head == "text":
+      return llm_lib.matmul_parts(hidden, self.head_params, self.dtype).astype(jnp.float32)
+    fc1, b1, fc2, b2 = self.head_params     # MlpProjector: fc2(gelu(fc1(x)))
+    x = llm_lib.matmul_parts(hidden, fc1, self.dtype) + b1.astype(self.dtype)
+    x = llm_lib.matmul_parts(gelu(x), fc2, self.dtype) + b2.astype(self.dtype)
+    return x.astype(jnp.float32)
 
   def apply(self, method, *args):
     return self.model.apply({"params": self.params}, *args, method=method)
@@ -144,7 +195,19 @@ class _ImageStatic:
   top_k: int | None
   greedy: bool
   progress: bool   # report decoded tokens to the active progress bar
-  unrolled: bool   # layer-by-layer decoding (see unrolled_decode_default)
+  decode_form: Any   # (groups, parts) from _decode_form; false: the scanned layer stack
+  # The token loop in this many segments, each attending only to the cache slots written so
+  # far (the cache grows between segments), instead of the whole preallocated length.
+  window_segments: int = 1
+
+
+WINDOW_SEGMENTS = 4   # image-token loop segments in the layer-by-layer (CPU) form
+
+
+def _segments(num_tokens: int, count: int) -> list[tuple[int, int]]:
+  """Steps 1 .. num_tokens - 1 in `count` contiguous [start, stop) ranges (non-empty)."""
+  bounds = sorted({1 + round(j * (num_tokens - 1) / count) for j in range(count + 1)})
+  return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 @functools.lru_cache(maxsize=32)
@@ -165,8 +228,12 @@ def _image_program(static: _ImageStatic):
     all_pos = jnp.concatenate([positions, positions])
     key_mask = jnp.concatenate([jnp.concatenate([mask, mask]),
                                 jnp.ones((2 * b, num_tokens), mask.dtype)], axis=1)
-    trunk = _Trunk(model, params, static.unrolled)
-    cache = trunk.init_cache(2 * b, length + num_tokens)
+    trunk = _Trunk(model, params, static.decode_form, "gen")
+    # Step i writes slot length + i - 1 and attends to the slots before it; a segment of
+    # steps [start, stop) needs slots [0, length + stop - 1).
+    segments = _segments(num_tokens, static.window_segments if trunk.unrolled else 1)
+    limit = length + segments[0][1] - 1 if segments else length
+    cache = trunk.init_cache(2 * b, limit)
 
     def guided(logits):           # [2B, V] -> [B, V]
       cond, free = logits[:b], logits[b:]
@@ -176,21 +243,28 @@ def _image_program(static: _ImageStatic):
       return select_tokens(guided(logits), _step_keys(keys, step), temperature, top_p,
                            top_k=static.top_k, greedy=static.greedy)
 
-    hidden, cache = trunk(trunk.apply(Janus.embed, all_ids), all_pos, key_mask, cache, 0)
-    first = pick(trunk.apply(Janus.gen_logits, hidden[:, -1]), 0)
+    hidden, cache = trunk(trunk.apply(Janus.embed, all_ids), all_pos, key_mask[:, :limit],
+                          cache, 0)
+    token = pick(trunk.logits(hidden[:, -1]), 0)
     last_pos = all_pos[:, -1:]
+    out = [token[:, None]]
 
-    def body(carry, i):
+    def body(key_mask, carry, i):
       token, cache = carry
       embeds = trunk.apply(Janus.gen_embeds, jnp.concatenate([token, token])[:, None])
       hidden, cache = trunk(embeds, last_pos + i, key_mask, cache, length + i - 1)
-      token = pick(trunk.apply(Janus.gen_logits, hidden[:, 0]), i)
+      token = pick(trunk.logits(hidden[:, 0]), i)
       if static.progress:
         jax.debug.callback(_report_progress, i + 1)
       return (token, cache), token
 
-    _, rest = jax.lax.scan(body, (first, cache), jnp.arange(1, num_tokens))
-    return jnp.concatenate([first[:, None], rest.T], axis=1)
+    for start, stop in segments:
+      cache = trunk.grow_cache(cache, length + stop - 1)
+      (token, cache), rest = jax.lax.scan(
+          functools.partial(body, key_mask[:, :length + stop - 1]), (token, cache),
+          jnp.arange(start, stop))
+      out.append(rest.T)
+    return jnp.concatenate(out, axis=1)
 
   return jax.jit(run)
 
@@ -251,8 +325,9 @@ def generate_image_codes(p, prompts: Sequence[str], *, num_images: int = 1,
   batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
   token_bar = tqdm(total=cfg.vq.num_tokens, desc="image tokens", unit="tok", leave=False,
                    disable=not progress)
-  static = _ImageStatic(cfg, None if greedy else top_k, greedy, progress,
-                        unrolled_decode_default())
+  form = _decode_form(cfg, mesh)
+  static = _ImageStatic(cfg, None if greedy else top_k, greedy, progress, form,
+                        WINDOW_SEGMENTS if form[0] else 1)
   program = _image_program(static)
   scalars = [jnp.float32(cfg_weight), jnp.float32(temperature),
              jnp.float32(1.0 if top_p is None else top_p)]
@@ -342,7 +417,7 @@ class _TextStatic:
   config: JanusConfig
   max_new_tokens: int
   greedy: bool
-  unrolled: bool
+  decode_form: Any   # (groups, parts) from _decode_form; false: the scanned layer stack
 
 
 @functools.lru_cache(maxsize=32)
@@ -356,7 +431,7 @@ def _text_program(static: _TextStatic):
     steps run). Finished rows are filled with pad after their EOS."""
     b, length = ids.shape
     key_mask = jnp.concatenate([mask, jnp.ones((b, new), mask.dtype)], axis=1)
-    trunk = _Trunk(model, params, static.unrolled)
+    trunk = _Trunk(model, params, static.decode_form, "text")
     cache = trunk.init_cache(b, length + new)
 
     def pick(logits, step):
@@ -365,7 +440,7 @@ def _text_program(static: _TextStatic):
 
     embeds = trunk.apply(Janus.embed, ids, pixel_values)
     hidden, cache = trunk(embeds, positions, key_mask, cache, 0)
-    token = pick(trunk.apply(Janus.text_logits, hidden[:, -1]), 0)
+    token = pick(trunk.logits(hidden[:, -1]), 0)
     tokens = jnp.full((b, new), cfg.pad_token_id, jnp.int32).at[:, 0].set(token)
     done = token == cfg.eos_token_id
     last_pos = positions[:, -1:]
@@ -378,7 +453,7 @@ def _text_program(static: _TextStatic):
       i, token, cache, tokens, done = state
       hidden, cache = trunk(trunk.apply(Janus.embed, token[:, None]), last_pos + i, key_mask,
                             cache, length + i - 1)
-      token = jnp.where(done, cfg.pad_token_id, pick(trunk.apply(Janus.text_logits, hidden[:, 0]), i))
+      token = jnp.where(done, cfg.pad_token_id, pick(trunk.logits(hidden[:, 0]), i))
       tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
       return i + 1, token, cache, tokens, done | (token == cfg.eos_token_id)
 
@@ -412,7 +487,7 @@ def generate_text_tokens(p, questions: Sequence, images: Sequence, *, max_new_to
   arrays = [batch[k] for k in ("input_ids", "attention_mask", "positions", "pixel_values")]
   arrays = [np.concatenate([a, np.repeat(a[-1:], padded_rows - rows, 0)]) for a in arrays]
   keys = _image_keys(seed, range(padded_rows))
-  static = _TextStatic(cfg, max_new_tokens, temperature == 0, unrolled_decode_default())
+  static = _TextStatic(cfg, max_new_tokens, temperature == 0, _decode_form(cfg, mesh))
   program = _text_program(static)
   timings = {} if timings is None else timings
   context = sharding_lib.use_mesh(mesh) if mesh is not None else _null()

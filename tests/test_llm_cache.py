@@ -82,3 +82,48 @@ def test_segment_ids_block_attention_between_packed_examples(tiny):
   want_b = _full_logits(config, params, b, jnp.ones_like(b))
   assert np.max(np.abs(got[:, :5] - want_a)) <= ATOL
   assert np.max(np.abs(got[:, 5:] - want_b)) <= ATOL
+
+
+@pytest.mark.parametrize("groups,parts", [(1, 0), (2, 0), (1, 1), (2, 3)])
+def test_layer_by_layer_decode_equals_scanned_decode(tiny, groups, parts):
+  """`llm.decode_layers` (head-grouped caches, weights split into uneven column blocks) gives
+  the scanned decoder's hidden states for a prefill and then single steps."""
+  from janus_jax.modules import llm
+  config, params = tiny
+  model = Janus(config)
+  cfg = config.llm
+  rng = np.random.default_rng(3)
+  b, prompt, steps = 2, 6, 4
+  slots = prompt + steps
+  ids = jnp.asarray(rng.integers(10, cfg.vocab_size, (b, slots)), jnp.int32)
+  mask = np.ones((b, slots), np.int32)
+  mask[1, :2] = 0                                   # left padding on row 1
+  mask = jnp.asarray(mask)
+  positions = default_positions(mask)
+  embeds = model.apply({"params": params}, ids, method=Janus.embed)
+
+  def scanned(cache, index, t0, t1):
+    return model.apply({"params": params}, embeds[:, t0:t1], positions[:, t0:t1], mask, cache,
+                       index, method=Janus.decode)
+
+  layers = llm.split_layers(params["llm"]["layers"], cfg, parts)
+  final_norm = params["llm"]["final_norm"]
+
+  def unrolled(caches, index, t0, t1):
+    return llm.decode_layers(cfg, layers, final_norm, embeds[:, t0:t1], positions[:, t0:t1],
+                             mask, caches, index)
+
+  cache, caches = init_cache(cfg, b, slots), llm.init_layer_caches(cfg, b, slots, groups=groups)
+  want, cache = scanned(cache, 0, 0, prompt)
+  got, caches = unrolled(caches, 0, 0, prompt)
+  assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= ATOL
+  for i in range(prompt, slots):
+    want, cache = scanned(cache, jnp.int32(i), i, i + 1)
+    got, caches = unrolled(caches, jnp.int32(i), i, i + 1)
+    assert np.max(np.abs(np.asarray(got) - np.asarray(want))) <= ATOL
+  # The grouped caches hold the scanned cache's keys and values, head group by head group.
+  for layer, layer_caches in enumerate(caches):
+    k = np.concatenate([np.asarray(kv[0]) for kv in layer_caches], axis=1)
+    v = np.concatenate([np.asarray(kv[1]) for kv in layer_caches], axis=1)
+    np.testing.assert_allclose(k, np.asarray(cache["k"][layer]), atol=ATOL)
+    np.testing.assert_allclose(v, np.asarray(cache["v"][layer]), atol=ATOL)

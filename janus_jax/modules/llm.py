@@ -83,8 +83,9 @@ class Attention(nn.Module):
     """x [B, T, D]; positions [B, T]; mask [B, T, S] bool.
 
     kv_cache: None (S = T); with `layer` (a traced int) the whole stack (k, v) each
-    [L, B, K, S, H]; with layer None this layer's own (k, v) each [B, K, S, H]. The new
-    keys and values are written in place at slots cache_index .. cache_index + T - 1.
+    [L, B, K, S, H]; with layer None this layer's own cache as head groups, a tuple of
+    (k, v) each [B, K / groups, S, H]. The new keys and values are written in place at
+    slots cache_index .. cache_index + T - 1.
     Returns (y [B, T, D], updated (k, v) or None).
     """
     cfg = self.config
@@ -108,37 +109,58 @@ class Attention(nn.Module):
     q = q.reshape(b, t, k_heads, n // k_heads, h)                      # [B, T, K, G, H]
     new_cache = None
     if kv_cache is None:
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k)
-    else:
-      # Written and read in place in the carried stack: no per-layer copy of the cache
-      # goes in or out of the layer loop (only this layer's slab is read).
+      out = _attend(q, k, v, mask, "BSKH", self.dtype)
+    elif layer is not None:
+      # The stack [L, B, K, S, H], carried through the layer loop and written and read in
+      # place: no per-layer copy of the cache goes in or out of the loop.
       k_cache, v_cache = kv_cache
-      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [B, K, T, H]
-      if layer is None:     # this layer's own cache arrays [B, K, S, H]
-        start = (0, 0, cache_index, 0)
-      else:                 # the stack [L, B, K, S, H]
-        start = (layer, 0, 0, cache_index, 0)
-        k, v = k[None], v[None]
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+      start = (layer, 0, 0, cache_index, 0)
+      k_cache = jax.lax.dynamic_update_slice(
+          k_cache, k.transpose(0, 2, 1, 3)[None].astype(k_cache.dtype), start)
+      v_cache = jax.lax.dynamic_update_slice(
+          v_cache, v.transpose(0, 2, 1, 3)[None].astype(v_cache.dtype), start)
       new_cache = (k_cache, v_cache)
-      if layer is None:
-        k, v = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
-      else:
-        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False).astype(self.dtype)
-        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False).astype(self.dtype)
-      logits = jnp.einsum("BTKGH,BKSH->BKGTS", q, k)                   # k [B, K, S, H]
-    logits = logits.astype(jnp.float32) * h ** -0.5
-    logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)         # [B, K, G, T, S]
-    if kv_cache is None:
-      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+      k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+      v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+      out = _attend(q, k, v, mask, "BKSH", self.dtype)
     else:
-      out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
+      out, new_cache = _attend_groups(q, k, v, kv_cache, mask, cache_index, self.dtype)
     # One flat [B*T, N*H] x [N*H, D] product: contracting (N, H) as two dims lets XLA
     # pick an order that transposes (copies) the weight on every call.
     out = out.reshape(b, t, n * h)
     return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d)), new_cache
+
+
+def _attend_groups(q, k, v, kv_cache, mask, cache_index, dtype):
+  """Attention over one layer's own cache, a tuple of head groups ((k, v) each
+  [B, K / groups, S, H]); the new k, v [B, T, K, H] are written at cache_index first.
+
+  Each group is an independent pair of matrix-vector products, which XLA:CPU runs
+  concurrently on different cores. -> (out [B, T, K, G, H], updated cache).
+  """
+  width = k.shape[2] // len(kv_cache)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)             # [B, K, T, H]
+  new_cache = []
+  for g, (k_cache, v_cache) in enumerate(kv_cache):   # all writes first, then all reads
+    heads = slice(g * width, (g + 1) * width)
+    start = (0, 0, cache_index, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k[:, heads].astype(k_cache.dtype), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v[:, heads].astype(v_cache.dtype), start)
+    new_cache.append((k_cache, v_cache))
+  outs = [_attend(q[:, :, g * width:(g + 1) * width], k_cache, v_cache, mask, "BKSH", dtype)
+          for g, (k_cache, v_cache) in enumerate(new_cache)]
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+  return out, tuple(new_cache)
+
+
+def _attend(q, k, v, mask, kv_layout: str, dtype):
+  """Softmax attention. q [B, T, K, G, H]; k, v in kv_layout ("BSKH" or "BKSH");
+  mask [B, T, S] bool -> [B, T, K, G, H]. Logits and softmax in float32."""
+  logits = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q, k.astype(dtype))
+  logits = logits.astype(jnp.float32) * q.shape[-1] ** -0.5
+  logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)               # [B, K, G, T, S]
+  return jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs, v.astype(dtype))
 
 
 class MLP(nn.Module):
@@ -236,19 +258,77 @@ class LLM(nn.Module):
 # helpers run the same layers unrolled over per-layer arrays instead: the weights are sliced
 # out of the stack once per compiled program (a transient copy of the layer weights) and each
 # layer keeps its own cache arrays, so a decode step reads every weight and cache byte once.
-LayerCaches = list   # [(k [B, K, S, H], v [B, K, S, H])] * L
+#
+# XLA:CPU runs each matrix product on one core but runs independent products concurrently,
+# so with `parts` > 1 every weight matrix is also split by output columns into `parts`
+# independent products (q, k, v fused into one matrix first), and the kv heads of the cache
+# into `groups`: a decode step then keeps every core busy. The arithmetic per output element
+# is the same as in `DecoderLayer`.
+LayerCaches = list   # per layer: a tuple of head groups (k, v), each [B, K / groups, S, H]
 
 
-def split_layers(layer_params, num_layers: int) -> list:
-  """Stacked layer params (leading axis L) -> a list of L per-layer param trees."""
-  return [jax.tree.map(lambda a, i=i: a[i], layer_params) for i in range(num_layers)]
+def split_columns(w, parts: int) -> tuple:
+  """[..., in, out] -> `parts` column blocks (as even as possible)."""
+  return tuple(jnp.array_split(w, parts, axis=-1)) if parts > 1 else (w,)
 
 
-def init_layer_caches(config: LLMConfig, batch: int, length: int,
-                      dtype=jnp.float32) -> LayerCaches:
-  """Empty per-layer KV caches of `length` slots: L pairs of [B, K, S, H]."""
-  shape = (batch, config.num_kv_heads, length, config.head_dim)
-  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers)]
+def matmul_parts(x, parts: tuple, dtype):
+  """x [..., in] times the column blocks of one matrix -> [..., out] (blocks concatenated)."""
+  x = x.astype(dtype)
+  ys = [jnp.einsum("...i,io->...o", x, w.astype(dtype)) for w in parts]
+  return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
+
+
+def split_layers(layer_params, config: LLMConfig, parts: int = 0) -> list:
+  """Stacked layer params (leading axis L) -> one entry per layer for `decode_layers`.
+
+  parts 0: the layer's param tree as `DecoderLayer` takes it; parts >= 1: the matrices
+  flattened to 2-D (q, k, v fused) and split into `parts` column blocks.
+  """
+  out = []
+  for i in range(config.num_layers):
+    p = jax.tree.map(lambda a, i=i: a[i], layer_params)
+    if parts:
+      attn, mlp = p["attn"], p["mlp"]
+      d = attn["q"].shape[0]
+      qkv = jnp.concatenate([attn[name].reshape(d, -1) for name in ("q", "k", "v")], axis=1)
+      o = attn["o"].reshape(-1, d)
+      p = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
+           "qkv": split_columns(qkv, parts), "o": split_columns(o, parts),
+           **{name: split_columns(mlp[name]["kernel"], parts) for name in ("gate", "up", "down")}}
+    out.append(p)
+  return out
+
+
+def init_layer_caches(config: LLMConfig, batch: int, length: int, dtype=jnp.float32,
+                      groups: int = 1) -> LayerCaches:
+  """Empty per-layer KV caches of `length` slots, each layer's kv heads split into `groups`
+  (a divisor of num_kv_heads) independent arrays: L tuples of `groups` (k, v) pairs."""
+  if config.num_kv_heads % groups:
+    raise ValueError(f"groups={groups} does not divide num_kv_heads={config.num_kv_heads}.")
+  shape = (batch, config.num_kv_heads // groups, length, config.head_dim)
+  return [tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(groups))
+          for _ in range(config.num_layers)]
+
+
+def _split_layer(config: LLMConfig, p, x, positions, mask, cache, cache_index, dtype,
+                 param_dtype):
+  """`DecoderLayer` with a per-layer cache, on `split_layers(parts >= 1)` params."""
+  n, k_heads, h = config.num_heads, config.num_kv_heads, config.head_dim
+  norm = RMSNorm(config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+  b, t, _ = x.shape
+  qkv = matmul_parts(norm.apply({"params": p["attn_norm"]}, x), p["qkv"], dtype)
+  q, k, v = jnp.split(qkv, [n * h, (n + k_heads) * h], axis=-1)
+  q = apply_rope(q.reshape(b, t, n, h), positions, config.rope_theta)
+  k = apply_rope(k.reshape(b, t, k_heads, h), positions, config.rope_theta)
+  q = q.reshape(b, t, k_heads, n // k_heads, h)
+  out, cache = _attend_groups(q, k, v.reshape(b, t, k_heads, h), cache, mask, cache_index,
+                              dtype)
+  x = x + matmul_parts(out.reshape(b, t, n * h), p["o"], dtype)
+  y = norm.apply({"params": p["mlp_norm"]}, x)
+  hidden = jax.nn.silu(matmul_parts(y, p["gate"], dtype)) * matmul_parts(y, p["up"], dtype)
+  x = x + matmul_parts(hidden, p["down"], dtype)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
 def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions, key_mask,
@@ -256,7 +336,7 @@ def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions
                   param_dtype: Dtype = jnp.float32):
   """`LLM.__call__` with a cache, layer by layer: the same computation, unrolled.
 
-  layers: per-layer params (`split_layers`); final_norm: the LLM's final_norm params;
+  layers: `split_layers` (either form); final_norm: the LLM's final_norm params;
   caches: `init_layer_caches`. Returns (final-normed hidden [B, T, D], updated caches).
   """
   t = embeds.shape[1]
@@ -265,8 +345,12 @@ def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions
   x = nn.with_logical_constraint(embeds.astype(dtype), ("batch", "length", "embed"))
   new_caches = []
   for params, cache in zip(layers, caches):
-    (x, cache), _ = layer.apply({"params": params}, (x, cache), None, positions, mask,
-                                cache_index)
+    if "qkv" in params:
+      x, cache = _split_layer(config, params, x, positions, mask, cache, cache_index, dtype,
+                              param_dtype)
+    else:
+      (x, cache), _ = layer.apply({"params": params}, (x, cache), None, positions, mask,
+                                  cache_index)
     new_caches.append(cache)
   norm = RMSNorm(config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
   return norm.apply({"params": final_norm}, x), new_caches
