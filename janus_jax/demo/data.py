@@ -3,8 +3,9 @@
   <dir>/images/{train,eval}/<n>.png   the pictures (48 x 48)
   <dir>/images/vq/<n>.png             denser pictures (world.dense_scene) to train the VQ on
   <dir>/t2i.jsonl                     {"image", "caption"}: `captions_per_image` per picture
-  <dir>/understanding.jsonl           LLaVA-style {"image", "conversations"}: 1-3 question
-                                      turns per picture (the picture after the first question)
+  <dir>/understanding.jsonl           LLaVA-style {"image", "conversations"}: half open with
+                                      "Describe the picture."; then 1-3 question turns
+                                      (the picture after the first question)
   <dir>/text.jsonl                    {"text"}: a sentence about each picture
   <dir>/eval_vqa.jsonl                {"image", "question", "answer"} on held-out pictures
   <dir>/evaluation_metadata.jsonl     GenEval-style prompts (world.geneval_prompts)
@@ -35,6 +36,7 @@ SPECIAL_TOKENS = ["<unk>", BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN, BOI_TOK
 # checkpoint's processor_config.json.
 SYSTEM_PROMPT = ""
 IMAGE_POSITION = "after"
+DESCRIBE = "Describe the picture."
 
 
 def _write_jsonl(path: str, rows) -> int:
@@ -78,7 +80,12 @@ def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int, vq_scen
     for _ in range(captions_per_image):
       category, caption = world.random_caption(scene, rng)
       t2i.append({"image": name, "caption": caption, "category": category})
+    # Half the conversations open with a description of the whole picture (Janus trains
+    # understanding on image captions first): many answer tokens, each about one object.
     turns = []
+    if rng.random() < 0.5:
+      turns += [{"from": "human", "value": f"{DESCRIBE}\n<image>"},
+                {"from": "gpt", "value": world.describe(scene)}]
     for q, a in world.random_questions(scene, rng, rng.randint(1, questions_per_image)):
       turns += [{"from": "human", "value": (f"{q}\n<image>" if not turns else q)},
                 {"from": "gpt", "value": a}]

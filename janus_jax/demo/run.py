@@ -55,13 +55,14 @@ DEMO_VQ = VQConfig(image_size=world.IMAGE_SIZE, codebook_size=128, codebook_dim=
 
 
 def model_config(ids: dict) -> JanusConfig:
-  """The demo's Janus: a 4-layer LLM of width 192, a 2-layer SigLIP on 8-px patches (2 x 2
-  per grid cell, 36 per picture), DEMO_VQ; special-token ids from the trained tokenizer."""
+  """The demo's Janus: a 4-layer LLM of width 192, a 2-layer SigLIP on 16-px patches (one
+  per grid cell; 8-px patches made VQA worse in a full run), DEMO_VQ; special-token ids
+  from the trained tokenizer."""
   return JanusConfig(
       llm=LLMConfig(vocab_size=ids["vocab_size"], hidden_size=192, intermediate_size=512,
                     num_layers=4, num_heads=3, num_kv_heads=3, head_dim=64,
                     max_position_embeddings=512),
-      vision=VisionConfig(image_size=world.IMAGE_SIZE, patch_size=world.CELL // 2, width=128,
+      vision=VisionConfig(image_size=world.IMAGE_SIZE, patch_size=world.CELL, width=128,
                           num_layers=2, num_heads=4, mlp_dim=512),
       vq=DEMO_VQ, gen_head_dim=192,
       **{k: v for k, v in ids.items() if k != "vocab_size"})
