@@ -4,7 +4,8 @@
 is near), takes the connected regions of each colour, and names a region's shape from its
 geometry: the fraction of its bounding box it fills (square ~1, circle ~pi/4, triangle
 ~1/2) and how much of its mass sits in its lower half (an apex-up triangle: ~3/4).
-Regions too small, too large or too elongated to be one shape are dropped. It knows
+Regions too small, too large, too elongated or of no shape's proportions are dropped
+(the detector's confidence threshold). It knows
 nothing of the grid, so it works on generated pictures wherever they put things.
 
 `score` applies GenEval's rules to one prompt's metadata (world.geneval_prompts; GenEval's keys): each
@@ -24,9 +25,12 @@ from janus_jax.demo import world
 _PALETTE_NAMES = tuple(world.COLOURS)
 _PALETTE = np.array([world.COLOURS[c] for c in _PALETTE_NAMES] + [world.BACKGROUND], np.float32)
 MAX_COLOUR_DISTANCE = 110.0     # RGB distance beyond which a pixel is background
-MIN_AREA = 24                   # pixels; the drawn shapes have 66 (triangle) to 121 (square)
-MAX_AREA = 200
-MAX_ASPECT = 1.7
+# Like a detector's confidence threshold: only regions that look like a whole drawn shape
+# count (the drawn shapes have 66 px (triangle) to 121 px (square)); fragments such as the
+# quarter shapes an untrained model scatters are not objects.
+MIN_AREA = 45
+MAX_AREA = 170
+MAX_ASPECT = 1.4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +62,13 @@ def classify(region: np.ndarray) -> str | None:
     return None
   fill = area / (height * width)
   lower = np.mean(ys > (ys.min() + ys.max()) / 2)
-  if fill < 0.62 or lower > 0.64:
+  if 0.4 <= fill < 0.65 and lower > 0.6:
     return "triangle"
-  return "square" if fill > 0.9 else "circle"
+  if fill >= 0.9 and lower <= 0.6:
+    return "square"
+  if 0.68 <= fill < 0.9 and lower <= 0.6:
+    return "circle"
+  return None
 
 
 def detect(image: np.ndarray) -> list[Detection]:

@@ -44,8 +44,8 @@ FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_im
             vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 600, 250), geneval_per_category=12,
             images_per_prompt=4, vqa_questions=600)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
-             vq_ae_steps=150, vq_steps=250, vq_batch=16, stage_steps=(20, 80, 30), geneval_per_category=4,
-             images_per_prompt=2, vqa_questions=120)
+             vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 60, 30),
+             geneval_per_category=2, images_per_prompt=2, vqa_questions=120)
 
 # The VQ: LlamaGen's architecture at 48 px with three downsamplings (6 x 6 codes, one 2 x 2
 # block per grid cell); GroupNorm over 32 channels as the transformers reference requires.
@@ -151,16 +151,19 @@ class Demo:
   # --- phase 3: prepared data sets -----------------------------------------------------------
   def prepare(self, vq_dir: str) -> dict:
     from janus_jax.data import prepare
+    from janus_jax.data.sources import PREPARE_FILE
     start = time.perf_counter()
     sources = {}
     for kind in ("t2i", "understanding", "text"):
       out = self.path("prepared", kind)
+      sources[kind] = [out]
+      if os.path.isfile(os.path.join(out, PREPARE_FILE)):   # finished in an earlier run
+        continue
       summary = prepare.prepare(
           kind, os.path.join(self.data_dir, f"{kind}.jsonl"), out,
           vq_checkpoint=vq_dir if kind == "t2i" else None,
           image_size=world.IMAGE_SIZE if kind == "understanding" else None,
           batch_size=256, shard_size=5000, progress=self.progress)
-      sources[kind] = [out]
       if summary is not None and sum(summary["skipped"].values()):
         raise RuntimeError(f"prepare skipped demo examples: {summary['skipped']}")
     self._phase("prepare (TFDS / ArrayRecord)", start)
