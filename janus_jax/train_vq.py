@@ -249,9 +249,12 @@ def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
   """(codes int32 [N, g*g], uint8 reconstructions [N, S, S, 3]) of float images."""
   model = VQModel(config.vq)
-  fn = jax.jit(lambda p, x: (lambda c: (c, model.apply({"params": p}, c,
-                                                       method=VQModel.decode)))(
-      model.apply({"params": p}, x, method=VQModel.encode)))
+
+  @jax.jit
+  def fn(params, x):
+    codes = model.apply({"params": params}, x, method=VQModel.encode)
+    return codes, model.apply({"params": params}, codes, method=VQModel.decode)
+
   codes, pixels = [], []
   for i in range(0, len(images), batch_size):
     chunk = images[i:i + batch_size]

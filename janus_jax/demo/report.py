@@ -16,7 +16,8 @@ from PIL import Image
 UPSCALE = 4      # pictures are 48 px: shown 4x larger, nearest neighbour
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSONL file ([] when it does not exist)."""
   if not os.path.isfile(path):
     return []
   with open(path, encoding="utf-8") as f:
@@ -89,9 +90,9 @@ def write_report(workdir: str, summary: dict) -> str:
   demo.run); returns its path."""
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
-  stage_metrics = {s: _read_jsonl(os.path.join(workdir, f"stage{s}", "metrics.jsonl"))
+  stage_metrics = {s: read_jsonl(os.path.join(workdir, f"stage{s}", "metrics.jsonl"))
                    for s in (1, 2, 3)}
-  plot_losses(_read_jsonl(os.path.join(workdir, "vq", "metrics.jsonl")), stage_metrics,
+  plot_losses(read_jsonl(os.path.join(workdir, "vq", "metrics.jsonl")), stage_metrics,
               os.path.join(out, "losses.png"))
   parts = [f"<h1>janus-jax demo: a Janus trained from nothing on the shapes world</h1>",
            f"<p>{html.escape(summary['headline'])}</p>",

@@ -17,6 +17,7 @@ import numpy as np
 from janus_jax.config import JanusConfig, LLMConfig, VisionConfig, VQConfig
 from janus_jax.demo import data as demo_data
 from janus_jax.demo import world
+from janus_jax.demo.report import read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,7 @@ FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_im
             vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 600, 250), geneval_per_category=12,
             images_per_prompt=4, vqa_questions=600)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
-             vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 60, 30),
+             vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 90, 40),
              geneval_per_category=2, images_per_prompt=2, vqa_questions=120)
 
 # The VQ: LlamaGen's architecture at 48 px with three downsamplings (6 x 6 codes, one 2 x 2
@@ -141,7 +142,7 @@ class Demo:
             for a, b in zip(originals, recon)]
     os.makedirs(self.path("report"), exist_ok=True)
     report.save_pairs(originals, recon, self.path("report", "vq_reconstructions.png"))
-    metrics = _read_jsonl(os.path.join(vq_dir, "metrics.jsonl"))
+    metrics = read_jsonl(os.path.join(vq_dir, "metrics.jsonl"))
     last = metrics[-1] if metrics else {}
     detail = (f"the detector reads the same objects in {np.mean(same):.1%} of {len(same)} "
               f"held-out reconstructions; {len(np.unique(codes))} of "
@@ -208,7 +209,7 @@ class Demo:
           bar.n = step
           bar.refresh()
         loop.train(config, workdir, log=log, on_step=on_step)
-    last = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    last = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     last = last[-1] if last else {}
     losses = ", ".join(f"{kind} {last[f'loss/{kind}']:.3f}" for kind in
                        ("understanding", "text", "t2i")
@@ -299,13 +300,6 @@ def _scene_of(detections) -> list:
 def _read_json(path: str):
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.isfile(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _write_json(path: str, data) -> None:
