@@ -102,3 +102,7 @@ def test_demo_rerun_reuses_finished_phases(quick_demo):
   assert sources["t2i"] == [str(workdir / "prepared" / "t2i")]
   export = demo.train_stage(3, summary["checkpoint"], sources)
   assert export == summary["checkpoint"]
+  # a run with other settings is refused, not mixed into the finished phases
+  done = subprocess.run([sys.executable, "-m", "janus_jax.demo", "--workdir", str(workdir),
+                         "--quiet"], capture_output=True, text=True)
+  assert done.returncode == 1 and done.stderr.startswith("error:") and "--quick" in done.stderr

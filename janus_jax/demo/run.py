@@ -76,8 +76,21 @@ class Demo:
     self.workdir, self.plan, self.progress, self.log = os.path.abspath(workdir), plan, progress, log
     self.phases: list[dict] = []
     os.makedirs(self.workdir, exist_ok=True)
+    self._check_plan()
     self.data_dir = self.path("data")
     self.tokenizer_dir = self.path("data", "tokenizer")
+
+  def _check_plan(self) -> None:
+    """Finished phases are reused, so a workdir holds one plan: refuse another one."""
+    path = self.path("plan.json")
+    plan = dataclasses.asdict(self.plan)
+    if os.path.isfile(path):
+      stored = _read_json(path)
+      if stored != json.loads(json.dumps(plan)):
+        raise ValueError(f"{self.workdir} holds a run with other settings ({path}); rerun with "
+                         "the same ones (e.g. add or drop --quick) or choose another --workdir.")
+    else:
+      _write_json(path, plan)
 
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
