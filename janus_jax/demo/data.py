@@ -28,12 +28,11 @@ from janus_jax.processor import (BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, IMA
 SPECIAL_TOKENS = ["<unk>", BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN,
                   *ROLES["pro"]]
 # The demo trains and chats without a system prompt (rows stay short), and shows the
-# picture after the first question: a model this small then needs only one attention hop
-# from a picture token to the question's words ("is this the circle asked about?"); with
-# the picture first, the answer position must first gather the question and then search
-# the picture, which it did not learn in the demo's budget (VQA stayed near chance for
-# questions naming a shape). The chat CLI and generate_text read both from the
-# checkpoint's processor_config.json.
+# picture after the first question, so that picture tokens can attend to the question's
+# words (one attention hop from "is this the circle asked about?" to the answer, instead
+# of gathering the question first and then searching the picture). In the full run it did
+# not close the gap by itself (README, "The demo"). The chat CLI and generate_text read
+# both settings from the checkpoint's processor_config.json.
 SYSTEM_PROMPT = ""
 IMAGE_POSITION = "after"
 DESCRIBE = "Describe the picture."
