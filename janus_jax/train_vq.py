@@ -162,7 +162,7 @@ def spherical_kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
 
 
 def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progress: bool = True,
-          log=None, metrics_path: str | None = None) -> tuple[dict, list[dict]]:
+          log=None) -> tuple[dict, list[dict]]:
   """Trains the VQ of `config` on images float32 [N, S, S, 3] in [-1, 1]: `ae_steps` as an
   autoencoder, then the codebook seeded by k-means over the latents, then `steps` with
   quantisation. Returns (VQ params, logged metric dicts)."""
@@ -185,7 +185,6 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
   from tqdm import tqdm
   bar = tqdm(range(total), desc="train VQ", unit="step", disable=not progress)
   start = time.perf_counter()
-  metrics_file = open(metrics_path, "w") if metrics_path else None
   try:
     for i in bar:
       quantize = i >= tc.ae_steps
@@ -209,16 +208,12 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
         history.append(row)
         interval = []
         bar.set_postfix(recon=f"{row['recon']:.4f}", codes=row["codes_used"])
-        if metrics_file:
-          metrics_file.write(json.dumps(row) + "\n")
-          metrics_file.flush()
         if log:
           log(f"vq step {i + 1}/{total} ({row['phase']}): recon {row['recon']:.5f} codebook "
               f"{row['codebook']:.4f} commitment {row['commitment']:.4f} "
               f"codes in batch {row['codes_used']}")
   finally:
-    if metrics_file:
-      metrics_file.close()
+    bar.close()
   return jax.device_get(params), history
 
 

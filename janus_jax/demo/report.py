@@ -94,7 +94,7 @@ def write_report(workdir: str, summary: dict) -> str:
                    for s in (1, 2, 3)}
   plot_losses(read_jsonl(os.path.join(workdir, "vq", "metrics.jsonl")), stage_metrics,
               os.path.join(out, "losses.png"))
-  parts = [f"<h1>janus-jax demo: a Janus trained from nothing on the shapes world</h1>",
+  parts = ["<h1>janus-jax demo: a Janus trained from nothing on the shapes world</h1>",
            f"<p>{html.escape(summary['headline'])}</p>",
            "<h2>Scores</h2>", _score_table(summary["results"]),
            "<p>mini-GenEval: held-out prompts in GenEval's six categories, "

@@ -75,6 +75,7 @@ class Demo:
   def __init__(self, workdir: str, plan: Plan, *, progress: bool = True, log=print):
     self.workdir, self.plan, self.progress, self.log = os.path.abspath(workdir), plan, progress, log
     self.phases: list[dict] = []
+    self._vq_cache = None
     os.makedirs(self.workdir, exist_ok=True)
     self._check_plan()
     self.data_dir = self.path("data")
@@ -141,12 +142,18 @@ class Demo:
                 detail=self.vq_check["detail"])
     return out
 
+  def _vq_params(self, vq_dir: str) -> dict:
+    """The trained VQ's params, read once per run."""
+    if self._vq_cache is None:
+      from janus_jax.data.vq_codes import load_vq_params
+      self._vq_cache = load_vq_params(vq_dir)[1]
+    return self._vq_cache
+
   def _check_vq(self, vq_dir: str, config: JanusConfig) -> dict:
     """Reconstructions of held-out pictures: does the detector read the same scene?"""
     from janus_jax import train_vq
-    from janus_jax.data.vq_codes import load_vq_params
     from janus_jax.demo import detector, report
-    _, params = load_vq_params(vq_dir)
+    params = self._vq_params(vq_dir)
     paths = train_vq.image_paths(os.path.join(self.data_dir, "images", "eval"))[:64]
     images = train_vq.load_images(paths, config.vq.image_size)
     codes, recon = train_vq.reconstruct(params["vq"], config, images)
@@ -187,13 +194,12 @@ class Demo:
   def init_checkpoint(self, config: JanusConfig, vq_dir: str) -> str:
     """Random LLM, SigLIP, aligners and heads + the trained VQ + the tokenizer files."""
     from janus_jax import checkpoint as checkpoint_lib
-    from janus_jax.data.vq_codes import load_vq_params
     from janus_jax.model import init_params
     out = self.path("init")
     if not checkpoint_lib.is_converted(out):
       import jax
       params = jax.device_get(init_params(config, jax.random.PRNGKey(self.plan.seed)))
-      params["vq"] = load_vq_params(vq_dir)[1]["vq"]
+      params["vq"] = self._vq_params(vq_dir)["vq"]
       checkpoint_lib.save(out, params, config, source_dir=self.tokenizer_dir)
     return out
 
