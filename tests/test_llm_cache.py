@@ -84,10 +84,11 @@ def test_segment_ids_block_attention_between_packed_examples(tiny):
   assert np.max(np.abs(got[:, 5:] - want_b)) <= ATOL
 
 
-@pytest.mark.parametrize("groups,parts", [(1, 0), (2, 0), (1, 1), (2, 3)])
-def test_layer_by_layer_decode_equals_scanned_decode(tiny, groups, parts):
-  """`llm.decode_layers` (head-grouped caches, weights split into uneven column blocks) gives
-  the scanned decoder's hidden states for a prefill and then single steps."""
+@pytest.mark.parametrize("groups,chains", [(1, 0), (2, 0), (1, 1), (2, 2)])
+def test_layer_by_layer_decode_equals_scanned_decode(tiny, groups, chains):
+  """`llm.decode_layers` (head-grouped caches; plain layer params or each layer cut into
+  chains, one per head group) gives the scanned decoder's hidden states for a prefill and
+  then single steps."""
   from janus_jax.modules import llm
   config, params = tiny
   model = Janus(config)
@@ -106,7 +107,7 @@ def test_layer_by_layer_decode_equals_scanned_decode(tiny, groups, parts):
     return model.apply({"params": params}, embeds[:, t0:t1], positions[:, t0:t1], mask, cache,
                        index, method=Janus.decode)
 
-  layers = llm.split_layers(params["llm"]["layers"], cfg, parts)
+  layers = llm.split_layers(params["llm"]["layers"], cfg, chains)
   final_norm = params["llm"]["final_norm"]
 
   def unrolled(caches, index, t0, t1):

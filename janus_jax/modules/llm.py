@@ -259,11 +259,14 @@ class LLM(nn.Module):
 # out of the stack once per compiled program (a transient copy of the layer weights) and each
 # layer keeps its own cache arrays, so a decode step reads every weight and cache byte once.
 #
-# XLA:CPU runs each matrix product on one core but runs independent products concurrently,
-# so with `parts` > 1 every weight matrix is also split by output columns into `parts`
-# independent products (q, k, v fused into one matrix first), and the kv heads of the cache
-# into `groups`: a decode step then keeps every core busy. The arithmetic per output element
-# is the same as in `DecoderLayer`.
+# XLA:CPU runs independent matrix products concurrently on different cores, so with
+# `chains` > 1 each layer is also cut, tensor-parallel style, into `chains` independent
+# chains of work: chain g takes the q, k, v columns of kv-head group g (fused into one
+# matrix), attends over its own cache group and multiplies by its rows of the output
+# projection; in the MLP it takes a block of the hidden width (gate and up columns, down
+# rows). The chains' partial outputs are summed once per block, so a decode step has two
+# joins per layer instead of one after every product. The arithmetic is `DecoderLayer`'s
+# except for the order of the sums over heads and hidden width.
 LayerCaches = list   # per layer: a tuple of head groups (k, v), each [B, K / groups, S, H]
 
 
@@ -279,23 +282,33 @@ def matmul_parts(x, parts: tuple, dtype):
   return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
 
 
-def split_layers(layer_params, config: LLMConfig, parts: int = 0) -> list:
+def split_layers(layer_params, config: LLMConfig, chains: int = 0) -> list:
   """Stacked layer params (leading axis L) -> one entry per layer for `decode_layers`.
 
-  parts 0: the layer's param tree as `DecoderLayer` takes it; parts >= 1: the matrices
-  flattened to 2-D (q, k, v fused) and split into `parts` column blocks.
+  chains 0: the layer's param tree as `DecoderLayer` takes it; chains >= 1 (a divisor of
+  num_kv_heads): the layer cut into `chains` chains (see above), a list of dicts with 2-D
+  "qkv" [D, 3 * width], "o" [width, D], "gate", "up" [D, F / chains], "down" [F / chains, D].
   """
+  if chains and config.num_kv_heads % chains:
+    raise ValueError(f"chains={chains} does not divide num_kv_heads={config.num_kv_heads}.")
   out = []
   for i in range(config.num_layers):
     p = jax.tree.map(lambda a, i=i: a[i], layer_params)
-    if parts:
+    if chains:
       attn, mlp = p["attn"], p["mlp"]
+      kv = config.num_kv_heads // chains
+      q_heads = kv * (config.num_heads // config.num_kv_heads)
       d = attn["q"].shape[0]
-      qkv = jnp.concatenate([attn[name].reshape(d, -1) for name in ("q", "k", "v")], axis=1)
-      o = attn["o"].reshape(-1, d)
-      p = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
-           "qkv": split_columns(qkv, parts), "o": split_columns(o, parts),
-           **{name: split_columns(mlp[name]["kernel"], parts) for name in ("gate", "up", "down")}}
+      hidden = [jnp.array_split(mlp[name]["kernel"], chains, axis=a)
+                for name, a in (("gate", 1), ("up", 1), ("down", 0))]
+      parts = []
+      for g in range(chains):
+        q = attn["q"][:, g * q_heads:(g + 1) * q_heads]
+        k, v = (attn[name][:, g * kv:(g + 1) * kv] for name in ("k", "v"))
+        parts.append({"qkv": jnp.concatenate([w.reshape(d, -1) for w in (q, k, v)], axis=1),
+                      "o": attn["o"][g * q_heads:(g + 1) * q_heads].reshape(-1, d),
+                      "gate": hidden[0][g], "up": hidden[1][g], "down": hidden[2][g]})
+      p = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"], "chains": parts}
     out.append(p)
   return out
 
@@ -311,24 +324,41 @@ def init_layer_caches(config: LLMConfig, batch: int, length: int, dtype=jnp.floa
           for _ in range(config.num_layers)]
 
 
-def _split_layer(config: LLMConfig, p, x, positions, mask, cache, cache_index, dtype,
-                 param_dtype):
-  """`DecoderLayer` with a per-layer cache, on `split_layers(parts >= 1)` params."""
-  n, k_heads, h = config.num_heads, config.num_kv_heads, config.head_dim
+def _chained_layer(config: LLMConfig, p, x, positions, mask, cache, cache_index, dtype,
+                   param_dtype):
+  """`DecoderLayer` with a per-layer cache, on `split_layers(chains >= 1)` params; the
+  cache's head groups are the chains'."""
+  if len(cache) != len(p["chains"]):
+    raise ValueError(f"the cache has {len(cache)} head groups, the layer "
+                     f"{len(p['chains'])} chains; they must be equal.")
+  group_heads = config.num_kv_heads // len(cache)
+  per_kv, h = config.num_heads // config.num_kv_heads, config.head_dim
   norm = RMSNorm(config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
   b, t, _ = x.shape
-  qkv = matmul_parts(norm.apply({"params": p["attn_norm"]}, x), p["qkv"], dtype)
-  q, k, v = jnp.split(qkv, [n * h, (n + k_heads) * h], axis=-1)
-  q = apply_rope(q.reshape(b, t, n, h), positions, config.rope_theta)
-  k = apply_rope(k.reshape(b, t, k_heads, h), positions, config.rope_theta)
-  q = q.reshape(b, t, k_heads, n // k_heads, h)
-  out, cache = _attend_groups(q, k, v.reshape(b, t, k_heads, h), cache, mask, cache_index,
-                              dtype)
-  x = x + matmul_parts(out.reshape(b, t, n * h), p["o"], dtype)
-  y = norm.apply({"params": p["mlp_norm"]}, x)
-  hidden = jax.nn.silu(matmul_parts(y, p["gate"], dtype)) * matmul_parts(y, p["up"], dtype)
-  x = x + matmul_parts(hidden, p["down"], dtype)
-  return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+  mm = lambda a, w: jnp.einsum("...i,io->...o", a, w.astype(dtype))
+  xn = norm.apply({"params": p["attn_norm"]}, x).astype(dtype)
+  partial, new_cache = [], []
+  for chain, (k_cache, v_cache) in zip(p["chains"], cache):
+    q, k, v = jnp.split(mm(xn, chain["qkv"]),
+                        [group_heads * per_kv * h, group_heads * (per_kv + 1) * h], axis=-1)
+    q = apply_rope(q.reshape(b, t, group_heads * per_kv, h), positions, config.rope_theta)
+    q = q.reshape(b, t, group_heads, per_kv, h)
+    k = apply_rope(k.reshape(b, t, group_heads, h), positions, config.rope_theta)
+    v = v.reshape(b, t, group_heads, h)
+    start = (0, 0, cache_index, 0)
+    k_cache = jax.lax.dynamic_update_slice(
+        k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), start)
+    v_cache = jax.lax.dynamic_update_slice(
+        v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), start)
+    new_cache.append((k_cache, v_cache))
+    out = _attend(q, k_cache, v_cache, mask, "BKSH", dtype)           # [B, T, K/c, G, H]
+    partial.append(mm(out.reshape(b, t, -1), chain["o"]))
+  x = x + sum(partial[1:], partial[0])
+  y = norm.apply({"params": p["mlp_norm"]}, x).astype(dtype)
+  partial = [mm(jax.nn.silu(mm(y, c["gate"])) * mm(y, c["up"]), c["down"])
+             for c in p["chains"]]
+  x = x + sum(partial[1:], partial[0])
+  return nn.with_logical_constraint(x, ("batch", "length", "embed")), tuple(new_cache)
 
 
 def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions, key_mask,
@@ -345,9 +375,9 @@ def decode_layers(config: LLMConfig, layers: list, final_norm, embeds, positions
   x = nn.with_logical_constraint(embeds.astype(dtype), ("batch", "length", "embed"))
   new_caches = []
   for params, cache in zip(layers, caches):
-    if "qkv" in params:
-      x, cache = _split_layer(config, params, x, positions, mask, cache, cache_index, dtype,
-                              param_dtype)
+    if "chains" in params:
+      x, cache = _chained_layer(config, params, x, positions, mask, cache, cache_index, dtype,
+                                param_dtype)
     else:
       (x, cache), _ = layer.apply({"params": params}, (x, cache), None, positions, mask,
                                   cache_index)
