@@ -92,6 +92,17 @@ def test_learning_rate_warms_up_linearly_then_stays_constant():
   assert float(learning_rate_schedule(4e-5, 0)(0)) == pytest.approx(4e-5)
 
 
+def test_optional_cosine_decay_after_the_warm_up():
+  schedule = learning_rate_schedule(2e-3, 20, decay_steps=120, final_fraction=0.1)
+  assert float(schedule(9)) == pytest.approx(1e-3)                 # warm-up unchanged
+  assert float(schedule(20)) == pytest.approx(2e-3)                # decay starts at 1
+  assert float(schedule(70)) == pytest.approx(2e-3 * (0.1 + 0.9 * 0.5))   # half way
+  assert float(schedule(120)) == pytest.approx(2e-4)
+  assert float(schedule(10_000)) == pytest.approx(2e-4)            # then flat
+  with pytest.raises(ValueError, match="decay_steps"):
+    learning_rate_schedule(1e-3, 50, decay_steps=40)
+
+
 def test_train_flops_are_six_n_per_token_when_the_llm_alone_trains(tiny):
   config, params, _ = tiny
   mask = partition.trainable_mask(params, ["llm/layers/.*"])

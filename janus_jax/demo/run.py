@@ -215,6 +215,8 @@ class Demo:
     config.data.sources = sources
     config.data.tokenizer_dir = self.tokenizer_dir
     config.num_steps = self.plan.stage_steps[stage - 1]
+    if config.num_steps > config.optimizer.warmup_steps:   # anneal: see recipe.DEMO_LR
+      config.optimizer.decay_steps = config.num_steps
     config.seed = self.plan.seed + stage
     name = f"Stage {'I' * stage}"
     if not os.path.isfile(os.path.join(export, "config.json")):

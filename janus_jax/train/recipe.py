@@ -77,7 +77,8 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
   c.trainable = ()             # regexes over param paths ("llm/layers/attn/q"), re.fullmatch
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
-      clip_norm=1.0))
+      clip_norm=1.0,
+      decay_steps=0, final_fraction=0.1))   # 0: constant after warm-up (the published recipe)
   c.global_batch_size = 256
   c.grad_accum_steps = 1       # micro-batches per step (gradients summed inside the step)
   c.num_steps = 1000
@@ -105,8 +106,9 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
 # The demo (python -m janus_jax.demo) trains everything from scratch on CPU, in minutes:
 # its own LRs (no pretrained LLM to protect, so Stage II is not 10x below Stage I), SigLIP
 # trainable in every stage (there is no pretrained encoder to keep frozen), short warm-ups,
-# float32, small packed rows. The demo sets init.path, data sources and num_steps.
-DEMO_LR = {1: 2e-3, 2: 2e-3, 3: 5e-4}
+# float32, small packed rows. The demo sets init.path, data sources and num_steps, and
+# anneals each stage's rate (a cosine down to 10 % at its last step: optimizer.decay_steps).
+DEMO_LR = {1: 2e-3, 2: 1e-3, 3: 5e-4}
 
 
 def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
