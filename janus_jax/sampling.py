@@ -178,30 +178,26 @@ class _Trunk:
                             cache_index, method=Janus.decode)
 
   def logits(self, hidden):
-    """Final-normed hidden [..., D] -> float32 logits of this trunk's head."""
-    if self.head == "gen":
-      return self.guided_logits(hidden, None)
+    """Final-normed hidden [..., D] -> float32 text logits (the "text" head; the "gen" head
+    goes through guided_logits)."""
     if not (self.unrolled and self.parts):
       return self.apply(Janus.text_logits, hidden)
     return llm_lib.matmul_parts(hidden, self.head_params, self.dtype).astype(jnp.float32)
 
   def guided_logits(self, hidden, cfg_weight):
-    """Image-code logits; with cfg_weight, hidden [2B, D] holds the conditional rows then
-    the unconditional ones and the result [B, V] is uncond + w * (cond - uncond).
+    """Guided image-code logits: hidden [2B, D] holds the conditional rows then the
+    unconditional ones; the result [B, V] float32 is uncond + w * (cond - uncond).
 
     fc2 is linear, so the guidance is applied to gelu(fc1(x)) and fc2 runs on B rows
     instead of 2B: the same logits up to rounding, for half the largest product.
     """
     fc1, b1, fc2, b2 = self.head_params
-    x = hidden.astype(self.dtype)
-    mm = lambda a, w: jnp.einsum("...i,io->...o", a, w.astype(self.dtype))
+    mm = lambda a, w: llm_lib.matmul(a, w, self.dtype)
     out = []
     for w1, c1, w2 in zip(fc1, b1, fc2):
-      g = gelu(mm(x, w1) + c1.astype(self.dtype))
-      if cfg_weight is not None:   # mixed in float32, like the logits were
-        cond, free = jnp.split(g.astype(jnp.float32), 2, axis=0)
-        g = (free + cfg_weight * (cond - free)).astype(self.dtype)
-      out.append(mm(g, w2))
+      g = gelu(mm(hidden, w1) + c1.astype(self.dtype))
+      cond, free = jnp.split(g.astype(jnp.float32), 2, axis=0)   # mixed in float32
+      out.append(mm(free + cfg_weight * (cond - free), w2))
     return (sum(out[1:], out[0]) + b2.astype(self.dtype)).astype(jnp.float32)
 
   def apply(self, method, *args):

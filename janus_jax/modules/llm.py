@@ -275,10 +275,14 @@ def split_columns(w, parts: int) -> tuple:
   return tuple(jnp.array_split(w, parts, axis=-1)) if parts > 1 else (w,)
 
 
+def matmul(x, w, dtype):
+  """x [..., in] times w [in, out], both in `dtype` -> [..., out]."""
+  return jnp.einsum("...i,io->...o", x.astype(dtype), w.astype(dtype))
+
+
 def matmul_parts(x, parts: tuple, dtype):
   """x [..., in] times the column blocks of one matrix -> [..., out] (blocks concatenated)."""
-  x = x.astype(dtype)
-  ys = [jnp.einsum("...i,io->...o", x, w.astype(dtype)) for w in parts]
+  ys = [matmul(x, w, dtype) for w in parts]
   return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
 
 
@@ -335,7 +339,7 @@ def _chained_layer(config: LLMConfig, p, x, positions, mask, cache, cache_index,
   per_kv, h = config.num_heads // config.num_kv_heads, config.head_dim
   norm = RMSNorm(config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
   b, t, _ = x.shape
-  mm = lambda a, w: jnp.einsum("...i,io->...o", a, w.astype(dtype))
+  mm = lambda a, w: matmul(a, w, dtype)
   xn = norm.apply({"params": p["attn_norm"]}, x).astype(dtype)
   partial, new_cache = [], []
   for chain, (k_cache, v_cache) in zip(p["chains"], cache):
