@@ -122,6 +122,8 @@ class JanusConfig:
   dtype: str = "float32"          # compute dtype of matmuls and activations
   param_dtype: str = "float32"    # storage dtype of parameters
   remat_policy: str = "none"      # one of REMAT_POLICIES, for the scanned layer stacks
+  scan_unroll: int = 1            # layers per iteration of the scanned stacks (>= num_layers:
+                                  # no loop; faster training steps on the CPU, slower compiles)
 
   def __post_init__(self):
     for field in ("llm", "vision", "vq"):
@@ -139,6 +141,9 @@ class JanusConfig:
                          "take the special-token ids from the checkpoint's tokenizer.")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
+    if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
+      raise ValueError(f"scan_unroll={self.scan_unroll!r}; it is a whole number of layers >= 1 "
+                       "(1: a loop over the layers; num_layers or more: no loop).")
 
   @property
   def num_image_tokens(self) -> int:

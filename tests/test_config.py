@@ -33,6 +33,8 @@ def test_bad_configs_are_refused_with_the_fix_named():
     JanusConfig.from_dict({"hidden": 3})
   with pytest.raises(ValueError, match="GroupNorm"):
     janus_jax.VQConfig(base_channels=48)
+  with pytest.raises(ValueError, match="scan_unroll"):
+    JanusConfig.preset("tiny").replace(scan_unroll=0)
 
 
 # Released checkpoints minus the unused `attn_pool.*` (12,595,200) and `codebook_used` (65,536).

@@ -68,6 +68,29 @@ def test_remat_policies_give_the_same_logits_and_grads(tiny, policy):
   assert max(jax.tree.leaves(diffs)) <= 1e-6
 
 
+@pytest.mark.parametrize("unroll", [2, 64])
+def test_unrolled_layer_stacks_give_the_same_values_and_grads(tiny, unroll):
+  """scan_unroll (2: two layers per loop iteration; 64: no loop) changes the program, not
+  the arithmetic: text logits, image features and every gradient as with the loop."""
+  config, params = tiny
+  rng = np.random.default_rng(3)
+  ids = jnp.asarray(rng.integers(10, 500, (2, 9)), jnp.int32)
+  size = config.vision.image_size
+  pixels = jnp.asarray(rng.uniform(-1, 1, (2, size, size, 3)), jnp.float32)
+
+  def loss(p, cfg):
+    model = Janus(cfg)
+    features = model.apply({"params": p}, pixels, method="image_features")
+    return jnp.mean(model.apply({"params": p}, ids) ** 2) + jnp.mean(features ** 2)
+
+  base, base_grad = jax.value_and_grad(loss)(params, config)
+  val, grad = jax.value_and_grad(loss)(params, config.replace(scan_unroll=unroll))
+  assert abs(float(val) - float(base)) <= 1e-6 * abs(float(base))
+  diffs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, base_grad)
+  assert max(jax.tree.leaves(diffs)) <= 1e-6
+  assert float(jnp.max(jnp.abs(grad["vision"]["blocks"]["attn"]["q"]))) > 0   # reached
+
+
 def test_segment_ids_block_attention_between_packed_examples(tiny):
   config, params = tiny
   rng = np.random.default_rng(2)

@@ -41,8 +41,9 @@ class Janus(nn.Module):
     cfg = self.config
     kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
     d = cfg.llm.hidden_size
-    self.llm = LLM(cfg.llm, remat_policy=cfg.remat_policy, **kw)
-    self.vision = SigLIP(cfg.vision, remat_policy=cfg.remat_policy, **kw)
+    self.llm = LLM(cfg.llm, remat_policy=cfg.remat_policy, scan_unroll=cfg.scan_unroll, **kw)
+    self.vision = SigLIP(cfg.vision, remat_policy=cfg.remat_policy, scan_unroll=cfg.scan_unroll,
+                         **kw)
     self.aligner = MlpProjector(d, d, **kw)
     self.gen_embed = Embed(cfg.vq.codebook_size, cfg.vq.codebook_dim, ("codebook", None), **kw)
     self.gen_aligner = MlpProjector(d, d, **kw)

@@ -26,6 +26,21 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def dense(x, w):
+  """x [..., in] times w [in, *out] -> [..., *out], computed as one 2-D product
+  [prod(...), in] x [in, prod(out)].
+
+  Flattening matters for training: the weight gradient of a product over [B, T, in]
+  contracts two axes (B and T), and XLA:CPU then transposes (copies) the activation
+  gradient before its matmul; for the demo's Stage II step those copies took a quarter
+  of the step (experiments in the README, "The demo"). The flat product contracts one
+  axis and needs no copy. On TPU the reshapes are free.
+  """
+  lead, out = x.shape[:-1], w.shape[1:]
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1))
+  return y.reshape(*lead, *out)
+
+
 class Linear(nn.Module):
   """y = x @ kernel + bias over the last axis.
 
@@ -42,7 +57,7 @@ class Linear(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.names),
                         (x.shape[-1], self.features), self.param_dtype)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = dense(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[1:]),
                         (self.features,), self.param_dtype)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from janus_jax.config import LLMConfig
-from janus_jax.modules.layers import (Dtype, Embed, Linear, RMSNorm, default_init, maybe_remat)
+from janus_jax.modules.layers import (Dtype, Embed, Linear, dense, RMSNorm, default_init, maybe_remat)
 
 # A large finite negative instead of -inf: fully masked rows (left padding) then give a
 # uniform distribution instead of NaN.
@@ -99,9 +99,7 @@ class Attention(nn.Module):
     wo = p("o", (n, h, d), ("heads", "head_dim", "embed"))
 
     x = x.astype(self.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x, wq)
-    k = jnp.einsum("BTD,DKH->BTKH", x, wk)
-    v = jnp.einsum("BTD,DKH->BTKH", x, wv)
+    q, k, v = dense(x, wq), dense(x, wk), dense(x, wv)       # [B, T, heads, H]
     q = apply_rope(q, positions, cfg.rope_theta)
     k = apply_rope(k, positions, cfg.rope_theta)
 
@@ -125,10 +123,9 @@ class Attention(nn.Module):
       out = _attend(q, k, v, mask, "BKSH", self.dtype)
     else:
       out, new_cache = _attend_groups(q, k, v, kv_cache, mask, cache_index, self.dtype)
-    # One flat [B*T, N*H] x [N*H, D] product: contracting (N, H) as two dims lets XLA
-    # pick an order that transposes (copies) the weight on every call.
-    out = out.reshape(b, t, n * h)
-    return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d)), new_cache
+    # One flat [B*T, N*H] x [N*H, D] product (`dense`): contracting (N, H) as two dims lets
+    # XLA pick an order that transposes (copies) the weight on every call.
+    return dense(out.reshape(b, t, n * h), wo.reshape(n * h, d)), new_cache
 
 
 def _attend_groups(q, k, v, kv_cache, mask, cache_index, dtype):
@@ -206,6 +203,7 @@ class LLM(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  scan_unroll: int = 1
 
   def setup(self):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -217,6 +215,7 @@ class LLM(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
+        unroll=min(self.scan_unroll, cfg.num_layers),
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, **kw)
     self.final_norm = RMSNorm(cfg.rms_norm_eps, **kw)

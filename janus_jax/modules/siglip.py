@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from janus_jax.config import VisionConfig
-from janus_jax.modules.layers import Dtype, LayerNorm, Linear, default_init, gelu, maybe_remat
+from janus_jax.modules.layers import Dtype, LayerNorm, Linear, dense, default_init, gelu, maybe_remat
 
 
 class VisionAttention(nn.Module):
@@ -32,16 +32,16 @@ class VisionAttention(nn.Module):
                         self.param_dtype).astype(self.dtype)
 
     zeros = nn.initializers.zeros
-    q = jnp.einsum("BPW,WNH->BPNH", x, p("q", (w, n, h), ("embed", "heads", "head_dim")))
-    k = jnp.einsum("BPW,WNH->BPNH", x, p("k", (w, n, h), ("embed", "heads", "head_dim")))
-    v = jnp.einsum("BPW,WNH->BPNH", x, p("v", (w, n, h), ("embed", "heads", "head_dim")))
+    q = dense(x, p("q", (w, n, h), ("embed", "heads", "head_dim")))      # [B, P, N, H]
+    k = dense(x, p("k", (w, n, h), ("embed", "heads", "head_dim")))
+    v = dense(x, p("v", (w, n, h), ("embed", "heads", "head_dim")))
     q = q + p("q_bias", (n, h), ("heads", "head_dim"), zeros)
     k = k + p("k_bias", (n, h), ("heads", "head_dim"), zeros)
     v = v + p("v_bias", (n, h), ("heads", "head_dim"), zeros)
     logits = jnp.einsum("BPNH,BQNH->BNPQ", q, k).astype(jnp.float32) * h ** -0.5
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("BNPQ,BQNH->BPNH", probs, v)
-    out = jnp.einsum("BPNH,NHW->BPW", out, p("o", (n, h, w), ("heads", "head_dim", "embed")))
+    out = dense(out.reshape(*out.shape[:2], n * h), p("o", (n, h, w), ("heads", "head_dim", "embed")).reshape(n * h, w))
     return out + p("o_bias", (w,), ("embed",), zeros)
 
 
@@ -68,6 +68,7 @@ class SigLIP(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  scan_unroll: int = 1
 
   @nn.compact
   def __call__(self, pixels):
@@ -80,11 +81,12 @@ class SigLIP(nn.Module):
     g = cfg.image_size // s
     # A stride-s conv with an s x s kernel is a matmul over non-overlapping patches.
     patches = pixels.astype(self.dtype).reshape(b, g, s, g, s, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b, g * g, s * s * c)
     kernel = self.param("patch_kernel", nn.with_logical_partitioning(
         default_init, (None, None, None, "embed")), (s, s, c, cfg.width), self.param_dtype)
     bias = self.param("patch_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                       (cfg.width,), self.param_dtype)
-    x = jnp.einsum("BIJhwc,hwcW->BIJW", patches, kernel.astype(self.dtype)).reshape(b, g * g, cfg.width)
+    x = dense(patches, kernel.astype(self.dtype).reshape(s * s * c, cfg.width))   # [B, P, W]
     pos = self.param("pos_embed", nn.with_logical_partitioning(default_init, (None, "embed")),
                      (g * g, cfg.width), self.param_dtype)
     x = x + bias.astype(self.dtype) + pos.astype(self.dtype)[None]
@@ -92,5 +94,6 @@ class SigLIP(nn.Module):
     block = maybe_remat(VisionBlock, self.remat_policy)
     x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                    in_axes=(nn.broadcast,), length=cfg.num_layers,
+                   unroll=min(self.scan_unroll, cfg.num_layers),
                    metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks", **kw)(x, None)
     return LayerNorm(cfg.layer_norm_eps, name="final_norm", **kw)(x)

@@ -44,7 +44,7 @@ class TrainingDiverged(ValueError):
 
 def model_config_of(config) -> JanusConfig:
   """The JanusConfig a run trains: the preset, or the init checkpoint's config.json, with
-  the run's dtypes and remat policy."""
+  the run's dtypes, remat policy and layer unrolling."""
   if config.init.source == "checkpoint":
     if not config.init.path:
       raise ValueError("config.init.source is 'checkpoint' but config.init.path is empty; pass "
@@ -56,7 +56,8 @@ def model_config_of(config) -> JanusConfig:
   else:
     raise ValueError(f"config.init.source={config.init.source!r}; use 'checkpoint' or 'random'.")
   return base.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                      remat_policy=config.model.remat_policy)
+                      remat_policy=config.model.remat_policy,
+                      scan_unroll=config.model.get("scan_unroll", 1))
 
 
 def _compiler_options(config) -> dict:
@@ -337,7 +338,7 @@ def export(workdir: str, params, model_config: JanusConfig, config) -> str:
   source of the next stage."""
   directory = os.path.join(workdir, "export")
   source = config.init.path if config.init.source == "checkpoint" else None
-  stored = model_config.replace(dtype="float32", remat_policy="none")
+  stored = model_config.replace(dtype="float32", remat_policy="none", scan_unroll=1)
   # Every process writes its own shards of the one Orbax checkpoint (atomically: Orbax
   # renames a finished temporary); process 0 writes config.json and the tokenizer files.
   import orbax.checkpoint.experimental.v1 as ocp1
