@@ -42,7 +42,7 @@ class Plan:
 
 
 FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_image=2,
-            vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 600, 250), geneval_per_category=12,
+            vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 850, 450), geneval_per_category=12,
             images_per_prompt=4, vqa_questions=600)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
              vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 80, 40),
