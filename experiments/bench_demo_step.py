@@ -43,7 +43,8 @@ def build(workdir: str, unroll: int):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a finished `python -m janus_jax.demo` workdir")
+  parser.add_argument("--workdir", required=True,
+                      help="a finished `python -m janus_jax.demo` workdir")
   parser.add_argument("--repeats", type=int, default=8)
   parser.add_argument("--unroll", default="1,64", help="comma-separated scan_unroll values")
   args = parser.parse_args(argv)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from janus_jax.config import LLMConfig
-from janus_jax.modules.layers import (Dtype, Embed, Linear, dense, RMSNorm, default_init, maybe_remat)
+from janus_jax.modules.layers import (Dtype, Embed, Linear, RMSNorm, default_init, dense,
+                                      maybe_remat)
 
 # A large finite negative instead of -inf: fully masked rows (left padding) then give a
 # uniform distribution instead of NaN.
@@ -275,7 +276,8 @@ def split_columns(w, parts: int) -> tuple:
 
 
 def matmul(x, w, dtype):
-  """x [..., in] times w [in, out], both in `dtype` -> [..., out]."""
+  """x [..., in] times w [in, out], both in `dtype` -> [..., out]. Decode-only (no
+  gradients), so not `dense`: the einsum measured 1-3 % faster in the batch-8 image loop."""
   return jnp.einsum("...i,io->...o", x.astype(dtype), w.astype(dtype))
 
 

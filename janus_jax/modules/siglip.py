@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from janus_jax.config import VisionConfig
-from janus_jax.modules.layers import Dtype, LayerNorm, Linear, dense, default_init, gelu, maybe_remat
+from janus_jax.modules.layers import (Dtype, LayerNorm, Linear, default_init, dense, gelu,
+                                      maybe_remat)
 
 
 class VisionAttention(nn.Module):
@@ -41,7 +42,8 @@ class VisionAttention(nn.Module):
     logits = jnp.einsum("BPNH,BQNH->BNPQ", q, k).astype(jnp.float32) * h ** -0.5
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("BNPQ,BQNH->BPNH", probs, v)
-    out = dense(out.reshape(*out.shape[:2], n * h), p("o", (n, h, w), ("heads", "head_dim", "embed")).reshape(n * h, w))
+    wo = p("o", (n, h, w), ("heads", "head_dim", "embed")).reshape(n * h, w)
+    out = dense(out.reshape(*out.shape[:2], n * h), wo)
     return out + p("o_bias", (w,), ("embed",), zeros)
 
 
