@@ -22,16 +22,18 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int, decay_steps:
   if decay_steps and decay_steps <= warmup_steps:
     raise ValueError(f"optimizer.decay_steps ({decay_steps}) must exceed warmup_steps "
                      f"({warmup_steps}), or be 0 for a constant rate.")
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+  def warmup(step):
     rate = jnp.asarray(learning_rate, jnp.float32)
-    if warmup_steps > 0:
-      rate = rate * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
-    if decay_steps:
-      done = jnp.clip((step - warmup_steps) / (decay_steps - warmup_steps), 0.0, 1.0)
-      rate = rate * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * done)))
-    return rate
-  return schedule
+    if warmup_steps <= 0:
+      return rate
+    return rate * jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps)
+  if not decay_steps:
+    return warmup
+  # optax's cosine is flat at alpha * lr after its decay_steps; join_schedules hands it
+  # the steps counted from the end of the warm-up.
+  cosine = optax.cosine_decay_schedule(learning_rate, decay_steps - warmup_steps,
+                                       alpha=final_fraction)
+  return optax.join_schedules([warmup, cosine], [warmup_steps])
 
 
 def _decay_mask(params):
