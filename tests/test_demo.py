@@ -49,6 +49,13 @@ def test_quick_demo_report_and_summary_line(quick_demo):
   assert len(rows) >= 2 and all(k in rows[-1] for k in ("loss/understanding", "loss/t2i"))
   # progress lines and the per-phase timings went to stderr
   assert "[Stage III] done" in done.stderr
+  # each stage ran with the plan's rows per step and step count (not the recipe's defaults)
+  from janus_jax.demo.run import QUICK
+  for stage in (1, 2, 3):
+    with open(workdir / f"stage{stage}" / "train_config.json") as f:
+      config = json.load(f)
+    assert config["global_batch_size"] == QUICK.batch_size, stage
+    assert config["num_steps"] == QUICK.stage_steps[stage - 1], stage
 
 
 def test_quick_demo_scores_beat_untrained(quick_demo):
