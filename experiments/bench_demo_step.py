@@ -2,7 +2,7 @@
 
   python experiments/bench_demo_step.py --workdir DEMO_DIR [--repeats 8] [--unroll 1,64]
 
-Builds the demo's Stage II run (`recipe.stage_config(2, "demo")`, the workdir's prepared
+Builds the demo's Stage II run (`Demo.stage_config` under the workdir's plan: its prepared
 data, its Stage I export as the starting point) once per `--unroll` value (the model's
 `scan_unroll`: 1 = `nn.scan` over the layers, >= num_layers = no loop), compiles the step
 for the same first batch and times `--repeats` steps of each, alternating between them so
@@ -22,15 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from janus_jax.train import loop, recipe  # noqa: E402
+from janus_jax.demo.run import Demo, plan_of  # noqa: E402
+from janus_jax.train import loop  # noqa: E402
 
 
 def build(workdir: str, unroll: int):
-  config = recipe.stage_config(2, "demo")
-  config.init.path = os.path.join(workdir, "stage1", "export")
-  config.data.sources = {kind: [os.path.join(workdir, "prepared", kind)]
-                         for kind in ("t2i", "understanding", "text")}
-  config.data.tokenizer_dir = os.path.join(workdir, "data", "tokenizer")
+  demo = Demo(workdir, plan_of(workdir), progress=False)
+  config = demo.stage_config(2, demo.path("stage1", "export"), demo.sources())
   config.model.scan_unroll = unroll
   run = loop.setup(config)
   batch = next(run.data())

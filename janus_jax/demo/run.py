@@ -72,6 +72,15 @@ def model_config(ids: dict) -> JanusConfig:
       **{k: v for k, v in ids.items() if k != "vocab_size"})
 
 
+def plan_of(workdir: str) -> Plan:
+  """The plan a workdir was made with (its plan.json)."""
+  path = os.path.join(workdir, "plan.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{workdir} holds no demo run ({path} is missing); run "
+                     "`python -m janus_jax.demo --workdir DIR` there first.")
+  return Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in _read_json(path).items()})
+
+
 class Demo:
   """One run in `workdir`; `run()` does every phase."""
 
@@ -173,14 +182,16 @@ class Demo:
     return dict(agreement=float(np.mean(same)), detail=detail)
 
   # --- phase 3: prepared data sets -----------------------------------------------------------
+  def sources(self) -> dict:
+    """The prepared data sets, {kind: [directory]}, as the train config reads them."""
+    return {kind: [self.path("prepared", kind)] for kind in ("t2i", "understanding", "text")}
+
   def prepare(self, vq_dir: str) -> dict:
     from janus_jax.data import prepare
     from janus_jax.data.sources import PREPARE_FILE
     start = time.perf_counter()
-    sources = {}
-    for kind in ("t2i", "understanding", "text"):
-      out = self.path("prepared", kind)
-      sources[kind] = [out]
+    sources = self.sources()
+    for kind, (out,) in sources.items():
       if os.path.isfile(os.path.join(out, PREPARE_FILE)):   # finished in an earlier run
         continue
       summary = prepare.prepare(
@@ -207,12 +218,10 @@ class Demo:
     return out
 
   # --- phase 5: Stages I -> III ------------------------------------------------------------------
-  def train_stage(self, stage: int, init_dir: str, sources: dict) -> str:
-    from tqdm import tqdm
-    from janus_jax.train import loop, recipe
-    start = time.perf_counter()
-    workdir = self.path(f"stage{stage}")
-    export = os.path.join(workdir, "export")
+  def stage_config(self, stage: int, init_dir: str, sources: dict):
+    """The train config of Stage `stage`: the recipe's demo variant with this plan's steps,
+    rows per step and seed, starting from `init_dir`, reading `sources` (`prepare`)."""
+    from janus_jax.train import recipe
     config = recipe.stage_config(stage, "demo")
     config.init.path = init_dir
     config.data.sources = sources
@@ -222,6 +231,15 @@ class Demo:
     if config.num_steps > config.optimizer.warmup_steps:   # anneal: see recipe.DEMO_LR
       config.optimizer.decay_steps = config.num_steps
     config.seed = self.plan.seed + stage
+    return config
+
+  def train_stage(self, stage: int, init_dir: str, sources: dict) -> str:
+    from tqdm import tqdm
+    from janus_jax.train import loop
+    start = time.perf_counter()
+    workdir = self.path(f"stage{stage}")
+    export = os.path.join(workdir, "export")
+    config = self.stage_config(stage, init_dir, sources)
     name = f"Stage {'I' * stage}"
     if not os.path.isfile(os.path.join(export, "config.json")):
       os.makedirs(workdir, exist_ok=True)

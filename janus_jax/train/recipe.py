@@ -123,7 +123,7 @@ def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       c.trainable = tuple(c.trainable) + ("vision/.*",)
     c.optimizer.learning_rate = DEMO_LR.get(c.stage, c.optimizer.learning_rate)
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, 20) if c.stage < 3 else 0
-    c.global_batch_size = 8      # the demo's Plan sets its own (8 in full, 16 in --quick)
+    c.global_batch_size = 8      # the demo's Plan sets its own (Plan.batch_size)
     c.loss_chunk = 0
     c.data.seq_len = 256
     c.data.max_images = 8        # packed rows hold several short conversations
