@@ -429,6 +429,7 @@ def fresh_params(config: JanusConfig, seed: int) -> dict:
   without creating the rest of the model."""
   import jax
   import flax.linen as nn
+  from janus_jax import xla
   from janus_jax.model import abstract_params
   from janus_jax.modules.janus import Janus
   init = lambda rng: nn.unbox(Janus(config).init(rng, method=_touch_fresh)["params"])
@@ -439,7 +440,7 @@ def fresh_params(config: JanusConfig, seed: int) -> dict:
   if set(got) != set(FRESH) or not jax.tree.all(
       jax.tree.map(same, got, {k: want[k] for k in FRESH})):
     raise RuntimeError(f"the fresh init does not match the Janus param tree: made {sorted(got)}")
-  return jax.device_get(jax.jit(init)(rng))
+  return jax.device_get(xla.jit(init)(rng))
 
 
 def iter_params(p: Plan, progress: bool = False, reuse_buffer: bool = False):

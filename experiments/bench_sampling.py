@@ -488,7 +488,9 @@ def main(args):
   import jax
   import transformers
   torch.set_num_threads(2)
+  from janus_jax import xla
   figures = {"argv": sys.argv[1:], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "compiler_options": xla.compiler_options(), "cpu_avx512": xla.cpu_has_avx512(),
              "versions": {"jax": jax.__version__, "torch": torch.__version__,
                           "transformers": transformers.__version__, "python": platform.python_version()},
              "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

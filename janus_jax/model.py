@@ -5,7 +5,7 @@ import jax
 import flax.linen as nn
 from jax.sharding import Mesh
 
-from janus_jax import sharding
+from janus_jax import sharding, xla
 from janus_jax.config import JanusConfig
 from janus_jax.modules.janus import Janus
 
@@ -36,5 +36,6 @@ def init_params(config: JanusConfig, rng: jax.Array, mesh: Mesh | None = None,
   init = _boxed_init(config)
   unboxed = lambda r: nn.unbox(init(r))
   if mesh is None:
-    return jax.jit(unboxed)(rng)
-  return jax.jit(unboxed, out_shardings=param_shardings(config, mesh, rules))(rng)
+    return xla.jit(unboxed)(rng)
+  return xla.jit(unboxed, mesh.devices.flat[0].platform,
+                 out_shardings=param_shardings(config, mesh, rules))(rng)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from janus_jax import checkpoint as checkpoint_lib
+from janus_jax import xla
 from janus_jax.config import JanusConfig
 from janus_jax.modules.vq import VQModel
 
@@ -105,7 +106,7 @@ def make_step(model: VQModel, optimizer, tc: VQTrainConfig, quantize: bool = Tru
     return loss, dict(loss=loss, recon=recon, codebook=codebook, commitment=commit,
                       codes=codes, z=z)
 
-  @jax.jit
+  @xla.jit
   def step(params, opt_state, pixels):
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, pixels)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -220,7 +221,7 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
 def _latents(model, params, images, rng, count: int = 512) -> np.ndarray:
   """L2-normalised latents [n * g * g, d] of up to `count` random images."""
   pick = images[rng.choice(len(images), min(count, len(images)), replace=False)]
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode_latents))
+  fn = xla.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode_latents))
   z = np.concatenate([np.asarray(fn(params, jnp.asarray(pick[i:i + 64])))
                       for i in range(0, len(pick), 64)])
   return z.reshape(-1, z.shape[-1])
@@ -245,7 +246,7 @@ def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
   """(codes int32 [N, g*g], uint8 reconstructions [N, S, S, 3]) of float images."""
   model = VQModel(config.vq)
 
-  @jax.jit
+  @xla.jit
   def fn(params, x):
     codes = model.apply({"params": params}, x, method=VQModel.encode)
     return codes, model.apply({"params": params}, codes, method=VQModel.decode)

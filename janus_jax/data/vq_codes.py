@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from janus_jax import checkpoint
+from janus_jax import checkpoint, xla
 from janus_jax.config import JanusConfig
 from janus_jax.modules.janus import Janus
 
@@ -63,7 +63,8 @@ class CodeEncoder:
     self._params = jax.device_put(vq_params, NamedSharding(mesh, PartitionSpec()))
     model = Janus(config.replace(dtype="float32", param_dtype="float32"))
     encode = lambda p, x: model.apply({"params": p}, x, method=Janus.encode_images)
-    self._encode = jax.jit(encode, in_shardings=(None, rows), out_shardings=rows)
+    self._encode = xla.jit(encode, devices[0].platform, in_shardings=(None, rows),
+                           out_shardings=rows)
     self._rows = rows
     self._lock = threading.Lock()   # one program at a time when called from reader threads
 

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from janus_jax import checkpoint as checkpoint_lib
 from janus_jax import sharding as sharding_lib
+from janus_jax import xla
 from janus_jax.config import JanusConfig
 from janus_jax.data.batch import KINDS
 from janus_jax.modules.janus import Janus
@@ -73,7 +74,8 @@ def _random_init(model_config: JanusConfig, mesh, options: tuple):
   model = Janus(model_config)
   init = lambda rng: nn.unbox(model.init(rng, method=Janus.init_all)["params"])
   jitted = jax.jit(init, out_shardings=param_shardings(model_config, mesh))
-  return jitted.lower(jax.random.PRNGKey(0)).compile(dict(options) or None)
+  options = xla.compiler_options(mesh.devices.flat[0].platform) | dict(options)
+  return jitted.lower(jax.random.PRNGKey(0)).compile(options or None)
 
 
 def initial_params(config, model_config: JanusConfig, mesh):

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from janus_jax import sharding as sharding_lib
+from janus_jax import xla
 from janus_jax.config import JanusConfig
 from janus_jax.data.batch import TOKEN_FIELDS
 from janus_jax.modules.janus import Janus
@@ -187,7 +188,8 @@ def compile_train_step(step_fn: Callable, layout: StateLayout, batch: Batch, mes
                        rules=sharding_lib.RULES, compiler_options: dict | None = None):
   """jax.jit(step_fn) with explicit in/out shardings, the state donated, lowered and
   compiled once for the abstract `batch` (dict of ShapeDtypeStruct with shardings).
-  compiler_options: XLA options for this compilation (e.g. {"xla_backend_optimization_level": 0}).
+  compiler_options: XLA options for this compilation (e.g. {"xla_backend_optimization_level": 0}),
+  over `janus_jax.xla.compiler_options` for the mesh's platform.
 
   Returns the compiled executable (call it as `compiled(state, frozen, batch)`); its
   `cost_analysis()` / `memory_analysis()` describe the program.
@@ -199,7 +201,8 @@ def compile_train_step(step_fn: Callable, layout: StateLayout, batch: Batch, mes
   jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
   with sharding_lib.use_mesh(mesh, rules):
-    return jitted.lower(layout.state, layout.frozen, batch).compile(compiler_options or None)
+    options = xla.compiler_options(mesh.devices.flat[0].platform) | dict(compiler_options or {})
+    return jitted.lower(layout.state, layout.frozen, batch).compile(options or None)
 
 
 # --- initialisation ----------------------------------------------------------------------------
