@@ -155,3 +155,50 @@ def test_demo_stage_configs_keep_the_published_ratios():
     assert set(published.trainable) <= set(demo.trainable) and "vision/.*" in demo.trainable
     assert demo.optimizer.learning_rate == recipe.DEMO_LR[stage]
     assert demo.data.system_prompt == "" and published.data.system_prompt != ""
+
+
+def test_budget_fits_stages_two_and_three_into_the_time_left():
+  from janus_jax.demo import run
+  plan = run.FULL
+  s1, s2, s3 = plan.stage_steps
+  budget = plan.minutes * 60
+
+  def predicted_end(steps, elapsed, stage1_seconds, step):
+    overhead = stage1_seconds - s1 * step
+    return (elapsed + 2 * overhead + run.LATER_STAGE_COST * step * (steps[1] + steps[2])
+            + run.EVALUATION_STEPS * step)
+
+  # a fast machine: the plan's steps fit, and are not exceeded
+  assert run.budget_steps(plan, 200.0, 15.0, 0.2) == plan.stage_steps
+  # a slow one: fewer steps, in the plan's proportion, ending within the budget
+  steps = run.budget_steps(plan, 420.0, 45.0, 0.58)
+  assert steps[0] == s1 and steps[1] < s2 and steps[2] < s3
+  assert abs(steps[1] / steps[2] - s2 / s3) < 0.02
+  assert budget - 5 < predicted_end(steps, 420.0, 45.0, 0.58) <= budget + 1
+  # no time left: the floor, not zero or negative steps
+  floor = run.budget_steps(plan, budget, 45.0, 0.58)
+  assert floor == (s1, round(s2 * run.MIN_SCALE), round(s3 * run.MIN_SCALE))
+
+
+def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
+  import dataclasses
+  from janus_jax.demo import run
+  plan = dataclasses.replace(run.QUICK, minutes=4.0)
+  demo = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  assert demo.stage_steps() == plan.stage_steps          # nothing fixed yet
+  os.makedirs(tmp_path / "stage1")
+  with open(tmp_path / "stage1" / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps({"step": 10 * i, "step_time": 0.5}) + "\n" for i in (1, 2))
+  demo.phases.append({"name": "Stage I", "seconds": 20.0})
+  import time
+  demo.fit_budget(time.perf_counter() - 100.0)           # Stage I ended 100 s into the run
+  fixed = demo.stage_steps()
+  expected = run.budget_steps(plan, 100.0, 20.0, 0.5)
+  assert expected[1] < plan.stage_steps[1]               # the budget binds here
+  assert all(abs(a - b) <= 1 for a, b in zip(fixed, expected))
+  # a rerun reads the same steps back instead of measuring again
+  again = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  demo.phases.clear()
+  again.fit_budget(time.perf_counter() - 1000.0)
+  assert again.stage_steps() == fixed
+  assert again.stage_config(2, str(tmp_path), again.sources()).num_steps == fixed[1]

@@ -1,6 +1,7 @@
 """python -m janus_jax.demo --workdir DIR [--quick]: train a small Janus from nothing, score it.
 
-The full run takes about 15 minutes on a 2-core CPU, --quick about 3. A rerun in the same
+The full run fits a budget of 14.5 minutes (--minutes; Stages II and III train as many steps
+as fit it on this machine), --quick takes about 3 minutes on a 2-core CPU. A rerun in the same
 workdir continues where it stopped (finished phases are kept). See janus_jax/demo/__init__.py.
 """
 from __future__ import annotations
@@ -16,11 +17,17 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", required=True, help="where data, checkpoints and the "
                       "report go (created if needed)")
   parser.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
+  parser.add_argument("--minutes", type=float, help="time budget of the full run (default "
+                      "14.5): Stages II and III train as many of their steps as fit it")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
   args = parser.parse_args(argv)
   from janus_jax.demo.run import FULL, QUICK, Demo
+  if args.minutes is not None and (args.quick or args.minutes <= 0):
+    parser.error("--minutes takes a positive budget for the full run (not with --quick)")
   plan = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
+  if args.minutes is not None:
+    plan = dataclasses.replace(plan, minutes=args.minutes)
   try:
     summary = Demo(args.workdir, plan, progress=not args.quiet,
                    log=lambda line: print(line, file=sys.stderr, flush=True)).run()

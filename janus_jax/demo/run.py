@@ -30,7 +30,7 @@ class Plan:
   vq_ae_steps: int
   vq_steps: int
   vq_batch: int
-  stage_steps: tuple[int, int, int]
+  stage_steps: tuple[int, int, int]   # with `minutes`: Stages II and III at most these
   batch_size: int              # packed rows of 256 tokens per step, every stage
   geneval_per_category: int
   images_per_prompt: int
@@ -40,13 +40,19 @@ class Plan:
   cfg_weight: float = 1.5
   temperature: float = 0.4
   seed: int = 0
+  # > 0: the whole run's time budget in minutes. Stages II and III then train as many steps
+  # (in stage_steps' proportion, at most those) as fit the time left after Stage I, at
+  # Stage I's measured step time (`budget_steps`): the same minutes on a slow machine as on
+  # a fast one, fewer steps. 0: stage_steps as given.
+  minutes: float = 0.0
 
 
 # FULL: 8 rows per step and twice the steps of 16 rows in the same minutes (a step costs
 # about half): mini-GenEval 0.618 -> 0.677, VQA 0.902 -> 0.895 (README, "The demo").
 FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_image=2,
             vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 1700, 900),
-            batch_size=8, geneval_per_category=12, images_per_prompt=4, vqa_questions=600)
+            batch_size=8, geneval_per_category=12, images_per_prompt=4, vqa_questions=600,
+            minutes=14.5)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
              vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 80, 40), batch_size=16,
              geneval_per_category=2, images_per_prompt=2, vqa_questions=120)
@@ -56,6 +62,31 @@ QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_ima
 DEMO_VQ = VQConfig(image_size=world.IMAGE_SIZE, codebook_size=128, codebook_dim=8,
                    base_channels=32, channel_mult=(1, 1, 1, 2), num_res_blocks=0,
                    z_channels=64)
+
+
+# Stages II and III cost this much more per step than Stage I (measured: 0.64 and 0.57 s
+# against 0.56 s on a 2-core Zen 3), and evaluation plus the report about this many Stage I
+# steps (50 s there).
+LATER_STAGE_COST = 1.15
+EVALUATION_STEPS = 100
+MIN_SCALE = 0.05
+
+
+def budget_steps(plan: Plan, elapsed: float, stage1_seconds: float,
+                 stage1_step: float) -> tuple[int, int, int]:
+  """Stage steps that fit `plan.minutes` when Stage I ended `elapsed` s into the run.
+
+  stage1_seconds: Stage I's wall time; stage1_step: its median step time. What a stage
+  costs besides its steps (compiling, export) is taken to be Stage I's, twice more; Stages
+  II and III keep stage_steps' proportion, scaled down to fit (never up, never below
+  MIN_SCALE of it).
+  """
+  s1, s2, s3 = plan.stage_steps
+  overhead = max(0.0, stage1_seconds - s1 * stage1_step)
+  left = (plan.minutes * 60 - elapsed - 2 * overhead - EVALUATION_STEPS * stage1_step)
+  scale = left / (LATER_STAGE_COST * stage1_step * (s2 + s3))
+  scale = min(1.0, max(MIN_SCALE, scale))
+  return s1, max(1, round(s2 * scale)), max(1, round(s3 * scale))
 
 
 def model_config(ids: dict) -> JanusConfig:
@@ -226,12 +257,37 @@ class Demo:
     config.init.path = init_dir
     config.data.sources = sources
     config.data.tokenizer_dir = self.tokenizer_dir
-    config.num_steps = self.plan.stage_steps[stage - 1]
+    config.num_steps = self.stage_steps()[stage - 1]
     config.global_batch_size = self.plan.batch_size
     if config.num_steps > config.optimizer.warmup_steps:   # anneal: see recipe.DEMO_LR
       config.optimizer.decay_steps = config.num_steps
     config.seed = self.plan.seed + stage
     return config
+
+  def stage_steps(self) -> tuple[int, int, int]:
+    """The steps of Stages I-III: the plan's, or under a budget those `fit_budget` fixed."""
+    path = self.path("steps.json")
+    if self.plan.minutes and os.path.isfile(path):
+      return tuple(_read_json(path)["stage_steps"])
+    return self.plan.stage_steps
+
+  def fit_budget(self, run_start: float) -> None:
+    """After Stage I, under a budget: fixes the steps of Stages II and III (steps.json;
+    a rerun keeps them) from the time left and Stage I's step time."""
+    path = self.path("steps.json")
+    if not self.plan.minutes or os.path.isfile(path):
+      return
+    stage1 = next(p for p in self.phases if p["name"] == "Stage I")
+    times = [r["step_time"] for r in read_jsonl(self.path("stage1", "metrics.jsonl"))
+             if "step_time" in r]
+    step = float(np.median(times))
+    elapsed = time.perf_counter() - run_start
+    steps = budget_steps(self.plan, elapsed, stage1["seconds"], step)
+    _write_json(path, dict(stage_steps=list(steps), minutes=self.plan.minutes,
+                           stage1_step_s=step, elapsed_after_stage1_s=elapsed))
+    self.log(f"[budget] Stages II / III: {steps[1]} / {steps[2]} steps (at most "
+             f"{self.plan.stage_steps[1]} / {self.plan.stage_steps[2]}) fit "
+             f"{self.plan.minutes:g} minutes at Stage I's {step:.2f} s per step")
 
   def train_stage(self, stage: int, init_dir: str, sources: dict) -> str:
     from tqdm import tqdm
@@ -305,6 +361,8 @@ class Demo:
     checkpoint = init_dir
     for stage in (1, 2, 3):
       checkpoint = self.train_stage(stage, checkpoint, sources)
+      if stage == 1:
+        self.fit_budget(t0)
     trained = self.evaluate(checkpoint, "trained")
     untrained = self.evaluate(init_dir, "untrained")
     gt = self.detector_on_ground_truth()
@@ -317,6 +375,7 @@ class Demo:
              f"--question \"How many shapes are there?\"")
     summary = dict(
         workdir=self.workdir, checkpoint=checkpoint, seconds=total, plan=dataclasses.asdict(self.plan),
+        stage_steps=list(self.stage_steps()),
         headline=(f"mini-GenEval {trained['geneval']['overall']:.3f} (untrained "
                   f"{untrained['geneval']['overall']:.3f}), VQA accuracy "
                   f"{trained['vqa']['accuracy']:.3f} (untrained "
