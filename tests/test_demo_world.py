@@ -169,7 +169,7 @@ def test_budget_fits_stages_two_and_three_into_the_time_left():
             + run.EVALUATION_STEPS * step)
 
   # a fast machine: the plan's steps fit, and are not exceeded
-  assert run.budget_steps(plan, 200.0, 15.0, 0.2) == plan.stage_steps
+  assert run.budget_steps(plan, 200.0, 15.0, 0.15) == plan.stage_steps
   # a slow one: fewer steps, in the plan's proportion, ending within the budget
   steps = run.budget_steps(plan, 420.0, 45.0, 0.58)
   assert steps[0] == s1 and steps[1] < s2 and steps[2] < s3
