@@ -17,7 +17,8 @@ def main(argv=None) -> int:
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="where data, checkpoints and the "
                       "report go (created if needed)")
-  parser.add_argument("--quick", action="store_true", help="a smaller run of fixed steps (minutes, not a quarter hour)")
+  parser.add_argument("--quick", action="store_true",
+                      help="a smaller run of fixed steps (minutes, not a quarter hour)")
   parser.add_argument("--minutes", type=float, help="time budget of the full run (default "
                       "14.5): Stages II and III train as many of their steps as fit it")
   parser.add_argument("--seed", type=int, default=0)
