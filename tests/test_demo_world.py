@@ -1,11 +1,13 @@
 """The demo's shapes world, its detector and GenEval scoring, and the VQ trainer's CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,7 +183,6 @@ def test_budget_fits_stages_two_and_three_into_the_time_left():
 
 
 def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
-  import dataclasses
   from janus_jax.demo import run
   plan = dataclasses.replace(run.QUICK, minutes=4.0)
   demo = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
@@ -190,7 +191,6 @@ def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
   with open(tmp_path / "stage1" / "metrics.jsonl", "w") as f:
     f.writelines(json.dumps({"step": 10 * i, "step_time": 0.5}) + "\n" for i in (1, 2))
   demo.phases.append({"name": "Stage I", "seconds": 20.0})
-  import time
   demo.fit_budget(time.perf_counter() - 100.0)           # Stage I ended 100 s into the run
   fixed = demo.stage_steps()
   expected = run.budget_steps(plan, 100.0, 20.0, 0.5)
@@ -198,7 +198,6 @@ def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
   assert all(abs(a - b) <= 1 for a, b in zip(fixed, expected))
   # a rerun reads the same steps back instead of measuring again
   again = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
-  demo.phases.clear()
   again.fit_budget(time.perf_counter() - 1000.0)
   assert again.stage_steps() == fixed
   assert again.stage_config(2, str(tmp_path), again.sources()).num_steps == fixed[1]
