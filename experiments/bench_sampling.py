@@ -491,9 +491,7 @@ def main(args):
   from janus_jax import xla
   figures = {"argv": sys.argv[1:], "xla_flags": os.environ.get("XLA_FLAGS", ""),
              "compiler_options": xla.compiler_options(), "cpu_avx512": xla.cpu_has_avx512(),
-             # decode loops: by the rows of their products (2 x batch with CFG, per batch)
-             "decode_compiler_options": {str(b): xla.compiler_options(rows=2 * b)
-                                         for b in (1, 2, 4, 8, 16)},
+             "decode_compiler_options": xla.compiler_options(decode=True),
              "versions": {"jax": jax.__version__, "torch": torch.__version__,
                           "transformers": transformers.__version__, "python": platform.python_version()},
              "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

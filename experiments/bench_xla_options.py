@@ -85,7 +85,7 @@ def decode_builders(tokens: int):
 
     def build():
       program = sampling._image_program(static).lower(*args).compile(
-          xla.compiler_options() or None)
+          xla.compiler_options(decode=True) or None)
       return lambda: program(*args).block_until_ready()
     return build
   return builder
@@ -142,8 +142,10 @@ def main(argv=None):
   parser.add_argument("--demo-workdir", help="a finished demo run (for `train`)")
   args = parser.parse_args(argv)
   sections = args.sections.split(",")
+  name = lambda on: "YNNPACK" if on else "Eigen"
   print(f"CPU has AVX-512: {xla.cpu_has_avx512()}; janus_jax's choice here: "
-        f"{'YNNPACK' if xla.ynnpack_enabled() else 'Eigen'}")
+        f"{name(xla.ynnpack_enabled(decode=True))} for decode loops, "
+        f"{name(xla.ynnpack_enabled())} for everything else")
   if "decode" in sections:
     builder = decode_builders(args.tokens)
     for batch in (1, 8):

@@ -80,11 +80,11 @@ def _report_progress(step):
 _COMPILED: dict = {}
 
 
-def _compiled(program, key, rows: int, *args):
-  """AOT-compiles `program` for these arguments once (so compile time is measured apart);
-  rows: the rows of its decode-step matrix products (xla.compiler_options)."""
+def _compiled(program, key, *args):
+  """AOT-compiles the decode `program` for these arguments once (so compile time is
+  measured apart), with xla.compiler_options(decode=True)."""
   if key not in _COMPILED:
-    _COMPILED[key] = program.lower(*args).compile(xla.compiler_options(rows=rows) or None)
+    _COMPILED[key] = program.lower(*args).compile(xla.compiler_options(decode=True) or None)
   return _COMPILED[key]
 
 
@@ -141,13 +141,15 @@ class _Trunk:
       self.layers = llm_lib.split_layers(params["llm"]["layers"], self.cfg.llm,
                                          self.groups if self.parts else 0)
     parts = self.parts if self.unrolled else 0
-    split = lambda w: llm_lib.split_columns(w, parts)
+    # Kernels transposed ([out, in]) for `llm.matmul`, cut into `parts` row blocks.
+    split = lambda w: llm_lib.split_rows(w.T, parts)
     if head == "gen":
       # MlpProjector fc2(gelu(fc1(x))) as chains: a block of fc1's columns, gelu, the same
       # block of fc2's rows; the chains' products are summed (one chain without `parts`).
       fc1, fc2 = params["gen_head"]["fc1"], params["gen_head"]["fc2"]
-      self.head_params = (split(fc1["kernel"]), split(fc1["bias"]),
-                          tuple(jnp.array_split(fc2["kernel"], max(parts, 1), axis=0)),
+      self.head_params = (split(fc1["kernel"]),
+                          tuple(jnp.array_split(fc1["bias"], max(parts, 1))),
+                          tuple(w.T for w in jnp.array_split(fc2["kernel"], max(parts, 1))),
                           fc2["bias"])
     elif parts:
       self.head_params = split(params["llm"]["lm_head"]["kernel"])
@@ -359,7 +361,7 @@ def generate_image_codes(p, prompts: Sequence[str], *, num_images: int = 1,
       keys = _image_keys(seed, [i * num_images + n for i, n in padded])
       args = [p.params] + _put(mesh, ids, mask, pos) + [keys] + scalars
       start = time.perf_counter()
-      compiled = _compiled(program, (static, ids.shape, id(mesh)), 2 * len(ids), *args)
+      compiled = _compiled(program, (static, ids.shape, id(mesh)), *args)
       timings["compile_s"] += time.perf_counter() - start
       start = time.perf_counter()
       token_bar.reset()
@@ -509,8 +511,7 @@ def generate_text_tokens(p, questions: Sequence, images: Sequence, *, max_new_to
     args = [p.params] + _put(mesh, *arrays) + [keys, jnp.float32(max(temperature, 1e-6)),
                                                jnp.float32(1.0 if top_p is None else top_p)]
     start = time.perf_counter()
-    compiled = _compiled(program, (static, arrays[0].shape, arrays[3].shape, id(mesh)),
-                         padded_rows, *args)
+    compiled = _compiled(program, (static, arrays[0].shape, arrays[3].shape, id(mesh)), *args)
     timings["compile_s"] = time.perf_counter() - start
     start = time.perf_counter()
     tokens, steps = compiled(*args)

@@ -7,13 +7,16 @@ kernels. Measured on a 2-core AMD EPYC without AVX-512 (Zen 3, AVX2), medians of
 
   demo VQ training step                          1.84  (1060 -> 576 ms)
   demo Stage II training step                    1.15  (704 -> 614 ms)
-  mid-size image decode, batch 8 (16 CFG rows)   1.24
-  mid-size image decode, batch 1 (2 CFG rows)    0.87  (YNNPACK's matrix-vector kernels win)
+  mid-size image decode, batch 1 (2 CFG rows)    0.62  (144 tokens per call)
+  mid-size image decode, batch 8 (16 CFG rows)   0.81
 
-So without AVX-512, programs are compiled without YNNPACK, except decode loops whose
-products have at most MATVEC_ROWS rows. On AVX-512 machines YNNPACK stays on (the figures
-of earlier sessions, on a Zen 4, were taken with it). Set `YNNPACK` to force either way;
-a user's own `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS always wins.
+The decode loops' products are written weight-major (`llm.matmul`); with the plain x · w
+form (before), Eigen had won batch 8 (1.24) and YNNPACK only batch 1 (0.87).
+
+So without AVX-512, programs are compiled without YNNPACK, except the decode loops
+(`decode=True`). On AVX-512 machines YNNPACK stays on everywhere (the figures of earlier
+sessions, on a Zen 4, were taken with it). Set `YNNPACK` to force either way; a user's own
+`--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS always wins.
 
 Every program janus_jax compiles takes `compiler_options()`: pass it to `jax.jit(...,
 compiler_options=...)` (`jit` below) or to `.lower(...).compile(...)`.
@@ -27,7 +30,6 @@ import jax
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 YNNPACK: bool | None = None   # None: decide by the CPU (off without AVX-512)
-MATVEC_ROWS = 2               # products of this many rows or fewer keep YNNPACK
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,23 +46,23 @@ def cpu_has_avx512() -> bool:
   return True
 
 
-def ynnpack_enabled(rows: int | None = None) -> bool:
+def ynnpack_enabled(decode: bool = False) -> bool:
   """Whether a CPU program keeps YNNPACK's fusions: YNNPACK if set, else by the CPU and,
-  without AVX-512, by `rows` (the rows of its matrix products, where known)."""
+  without AVX-512, whether it is a token-decoding loop."""
   if YNNPACK is not None:
     return YNNPACK
-  return cpu_has_avx512() or (rows is not None and rows <= MATVEC_ROWS)
+  return cpu_has_avx512() or decode
 
 
-def compiler_options(platform: str | None = None, rows: int | None = None) -> dict:
+def compiler_options(platform: str | None = None, decode: bool = False) -> dict:
   """Options for compiling a janus_jax program for `platform` (default: jax's default
-  backend); rows: the rows of its matrix products where known (decode loops), else None.
-  Empty off the CPU, or when XLA_FLAGS already sets the YNNPACK option."""
+  backend); decode: it is a sampling loop (prefill + token steps). Empty off the CPU, or
+  when XLA_FLAGS already sets the YNNPACK option."""
   if (platform or jax.default_backend()) != "cpu":
     return {}
   if YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
     return {}
-  return {} if ynnpack_enabled(rows) else {YNN_OPTION: ""}
+  return {} if ynnpack_enabled(decode) else {YNN_OPTION: ""}
 
 
 def jit(fun, platform: str | None = None, **kwargs):
