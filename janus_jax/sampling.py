@@ -147,9 +147,8 @@ class _Trunk:
       # MlpProjector fc2(gelu(fc1(x))) as chains: a block of fc1's columns, gelu, the same
       # block of fc2's rows; the chains' products are summed (one chain without `parts`).
       fc1, fc2 = params["gen_head"]["fc1"], params["gen_head"]["fc2"]
-      self.head_params = (split(fc1["kernel"]),
-                          tuple(jnp.array_split(fc1["bias"], max(parts, 1))),
-                          tuple(w.T for w in jnp.array_split(fc2["kernel"], max(parts, 1))),
+      self.head_params = (split(fc1["kernel"]), llm_lib.split_rows(fc1["bias"], parts),
+                          tuple(w.T for w in llm_lib.split_rows(fc2["kernel"], parts)),
                           fc2["bias"])
     elif parts:
       self.head_params = split(params["llm"]["lm_head"]["kernel"])

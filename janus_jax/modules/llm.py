@@ -271,8 +271,8 @@ LayerCaches = list   # per layer: a tuple of head groups (k, v), each [B, K / gr
 
 
 def split_rows(w_t, parts: int) -> tuple:
-  """A transposed kernel [out, in] -> `parts` blocks of its rows (output columns), as even
-  as possible."""
+  """A transposed kernel [out, in] (or any array) -> `parts` blocks along its first axis
+  (for a kernel: of its output columns), as even as possible."""
   return tuple(jnp.array_split(w_t, parts, axis=0)) if parts > 1 else (w_t,)
 
 
