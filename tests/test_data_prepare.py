@@ -61,6 +61,36 @@ def test_pretokenised_codes_read_back_through_tfds_and_grain_equal_encode_images
     assert json.load(f)["vq"]["num_tokens"] == loaded.config.vq.num_tokens
 
 
+def test_captions_sharing_an_image_read_and_encode_it_once(checkpoint, tmp_path, monkeypatch):
+  inputs = S.write_t2i_inputs(str(tmp_path / "raw"), 5)
+  with open(inputs) as f:
+    items = [json.loads(line) for line in f]
+  # Each image captioned three times, the repeats far apart (across shards too), and a
+  # missing image twice: both of its captions are counted as skipped.
+  shared = [dict(item, caption=f"{item['caption']} take {k}") for k in range(3) for item in items]
+  shared += [{"image": "gone.png", "caption": "missing"}] * 2
+  S.write_jsonl(inputs, shared)
+  reads = []
+  real = prepare.preprocess_generation_image
+  monkeypatch.setattr(prepare, "preprocess_generation_image",
+                      lambda path, size: reads.append(path) or real(path, size))
+  out = str(tmp_path / "t2i")
+  summary = prepare.prepare("t2i", inputs, out, vq_checkpoint=checkpoint, shard_size=4,
+                            batch_size=4, progress=False)
+  assert summary["written"] == 15 and summary["skipped"] == {"missing_image": 2}
+  assert sorted(map(os.path.basename, reads)) == sorted(item["image"] for item in items)
+  import tensorflow_datasets as tfds
+  records = sorted(grain.MapDataset.source(tfds.data_source("janus_t2i", data_dir=out,
+                                                            split="train")),
+                   key=lambda r: int(r["id"]))
+  loaded = janus_jax.load(checkpoint, dtype="float32")
+  pixels = np.stack([real(str(tmp_path / "raw" / item["image"]), loaded.config.vq.image_size)
+                     for item in items])
+  want = np.asarray(loaded.model.apply({"params": loaded.params}, pixels,
+                                       method=Janus.encode_images))
+  np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), np.tile(want, (3, 1)))
+
+
 @pytest.mark.parametrize("image_size", [None, 32])
 def test_understanding_images_are_preprocessed_on_read_as_at_inference(tmp_path, image_size):
   config = S.tiny_config()

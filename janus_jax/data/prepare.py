@@ -5,7 +5,8 @@ KIND and --input:
                  or a folder holding one such JSONL; image paths are relative to the JSONL
                  (or --image-root). With --vq-checkpoint the images are pre-tokenised into
                  VQ codes (short side resized and centre-cropped, JANUS.md §3.1), batched
-                 over the available devices, so training never runs the VQ encoder.
+                 over the available devices, so training never runs the VQ encoder
+                 (captions that share an image cost one read and one encoding of it).
   understanding  LLaVA-style JSON (a list of {"image": path | [paths], "conversations":
                  [{"from": "human"|"gpt", "value": ...}]}, "<image>" tags) or JSONL of the
                  same, or of {"messages": [{"role", "content"}], "images": [...]}.
@@ -160,7 +161,7 @@ def _stored_image(path, preprocess, size: int | None) -> bytes:
 
 
 def prepare_item(kind: str, item: dict, *, image_size: int | None, pretokenise: bool):
-  """One raw input -> (record dict, generation pixels or None); raises Skip."""
+  """One raw input -> (record dict, the image path to pre-tokenise or None); raises Skip."""
   if kind == "text":
     text = item.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -171,9 +172,10 @@ def prepare_item(kind: str, item: dict, *, image_size: int | None, pretokenise: 
     if not isinstance(caption, str) or not caption.strip():
       raise Skip("empty_caption")
     record = {"caption": caption, "id": item["id"]}
-    if pretokenise:
-      return record, _checked(item["image"],
-                             lambda p: preprocess_generation_image(p, image_size))
+    if pretokenise:                     # the image is read and encoded by `_pretokenise`
+      if not isinstance(item["image"], str):
+        raise Skip("missing_image", str(item["image"]))
+      return record, item["image"]
     record["image"] = _stored_image(item["image"], preprocess_generation_image, image_size)
     return record, None
   turns = conversation_turns(item["conversation"])      # Skip: bad_roles, empty_turn, no_assistant_turn
@@ -219,6 +221,7 @@ def prepare(kind: str, input_path: str, output: str, *, vq_checkpoint: str | Non
              desc=f"prepare {kind}")
   inputs = read_inputs(kind, input_path, image_root)
   new_chunks = resumed = 0
+  known_codes = collections.OrderedDict()     # image path -> VQ codes, see _pretokenise
   work = lambda item: _attempt(kind, item, image_size, encoder is not None)
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     for chunk in itertools.count():
@@ -233,20 +236,15 @@ def prepare(kind: str, input_path: str, output: str, *, vq_checkpoint: str | Non
         bar.close()
         return None
       records, skipped = [], collections.Counter()
-      group = max(64, encoder.batch_size if encoder else 64)
-      for start in range(0, len(items), group):
-        done = list(pool.map(work, items[start:start + group]))
-        kept = []
-        for outcome in done:
-          if isinstance(outcome, Skip):
-            skipped[outcome.reason] += 1
-          else:
-            kept.append(outcome)
-        if encoder is not None and kept:
-          codes = encoder(np.stack([pixels for _, pixels in kept]))
-          for (record, _), row in zip(kept, codes):
-            record["codes"] = row
-        records += [record for record, _ in kept]
+      if encoder is not None:
+        done = _pretokenise(items, pool, image_size, encoder, known_codes)
+      else:
+        done = [o if isinstance(o, Skip) else o[0] for o in pool.map(work, items)]
+      for outcome in done:
+        if isinstance(outcome, Skip):
+          skipped[outcome.reason] += 1
+        else:
+          records.append(outcome)
       writer.write_chunk(chunk, records, inputs=len(items), skipped=skipped)
       new_chunks += 1
       bar.set_postfix(written=sum(c["written"] for _, c in writer.chunk_counts()))
@@ -256,6 +254,55 @@ def prepare(kind: str, input_path: str, output: str, *, vq_checkpoint: str | Non
     extra["vq"] = {"image_size": encoder.image_size, "num_tokens": encoder.num_tokens,
                    "codebook_size": encoder.config.vq.codebook_size}
   return writer.finalize(extra=extra)
+
+
+# Distinct images whose codes `_pretokenise` remembers (least recently used dropped): captions
+# that share an image (COCO has five per image) cost one read and one encoding.
+KNOWN_CODES = 65536
+
+
+def _pretokenise(items, pool, image_size: int, encoder, known: collections.OrderedDict) -> list:
+  """t2i inputs -> records with "codes" (or Skip), each distinct image read and VQ-encoded
+  once: within `items`, and across calls through `known` (path -> codes). Images are read
+  and encoded a full encoder batch at a time."""
+  outcomes = [_attempt("t2i", item, image_size, True) for item in items]
+  paths = list(dict.fromkeys(o[1] for o in outcomes
+                             if not isinstance(o, Skip) and o[1] not in known))
+  read = lambda path: _attempt_read(path, image_size)
+  fresh, failed = {}, {}
+  for start in range(0, len(paths), encoder.batch_size):
+    batch = paths[start:start + encoder.batch_size]
+    pixels = dict(zip(batch, pool.map(read, batch)))
+    failed.update((p, x) for p, x in pixels.items() if isinstance(x, Skip))
+    good = [p for p in batch if p not in failed]
+    if good:
+      fresh.update(zip(good, encoder(np.stack([pixels[p] for p in good]))))
+  out = []
+  for outcome in outcomes:
+    if isinstance(outcome, Skip):
+      out.append(outcome)
+      continue
+    record, path = outcome
+    if path in fresh:
+      record["codes"] = fresh[path]
+    elif path in known:
+      record["codes"] = known[path]
+      known.move_to_end(path)
+    else:
+      out.append(failed[path])          # the Skip of an unreadable or missing image
+      continue
+    out.append(record)
+  known.update(fresh)
+  while len(known) > KNOWN_CODES:
+    known.popitem(last=False)
+  return out
+
+
+def _attempt_read(path: str, image_size: int):
+  try:
+    return _checked(path, lambda p: preprocess_generation_image(p, image_size))
+  except Skip as e:
+    return e
 
 
 def _attempt(kind, item, image_size, pretokenise):
