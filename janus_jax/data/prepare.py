@@ -257,8 +257,9 @@ def prepare(kind: str, input_path: str, output: str, *, vq_checkpoint: str | Non
 
 
 # Distinct images whose codes `_pretokenise` remembers (least recently used dropped): captions
-# that share an image (COCO has five per image) cost one read and one encoding.
-KNOWN_CODES = 65536
+# that share an image (COCO has five per image) cost one read and one encoding. At 576 codes
+# an image (VQ-16 at 384 px) this holds at most ~38 MB.
+KNOWN_CODES = 16384
 
 
 def _pretokenise(items, pool, image_size: int, encoder, known: collections.OrderedDict) -> list:
