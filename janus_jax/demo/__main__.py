@@ -1,7 +1,7 @@
 """python -m janus_jax.demo --workdir DIR [--quick]: train a small Janus from nothing, score it.
 
 The full run fits a budget of 14.5 minutes (--minutes; Stages II and III train as many steps
-as fit it on this machine); --quick runs fixed steps (2.6 minutes on a 2-core Zen 4, 8.4 on
+as fit it on this machine); --quick runs fixed steps (2.6 minutes on a 2-core Zen 4, 7.4 on
 a Zen 3). A rerun in the same workdir continues where it stopped (finished phases are
 kept). See janus_jax/demo/__init__.py.
 """
