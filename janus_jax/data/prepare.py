@@ -222,7 +222,7 @@ def prepare(kind: str, input_path: str, output: str, *, vq_checkpoint: str | Non
   inputs = read_inputs(kind, input_path, image_root)
   new_chunks = resumed = 0
   known_codes = collections.OrderedDict()     # image path -> VQ codes, see _pretokenise
-  work = lambda item: _attempt(kind, item, image_size, encoder is not None)
+  work = lambda item: _attempt(kind, item, image_size, False)   # without an encoder
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     for chunk in itertools.count():
       items = list(itertools.islice(inputs, shard_size))
@@ -269,7 +269,8 @@ def _pretokenise(items, pool, image_size: int, encoder, known: collections.Order
   outcomes = [_attempt("t2i", item, image_size, True) for item in items]
   paths = list(dict.fromkeys(o[1] for o in outcomes
                              if not isinstance(o, Skip) and o[1] not in known))
-  read = lambda path: _attempt_read(path, image_size)
+  read = lambda path: _skip_as_value(
+      _checked, path, lambda p: preprocess_generation_image(p, image_size))
   fresh, failed = {}, {}
   for start in range(0, len(paths), encoder.batch_size):
     batch = paths[start:start + encoder.batch_size]
@@ -299,9 +300,10 @@ def _pretokenise(items, pool, image_size: int, encoder, known: collections.Order
   return out
 
 
-def _attempt_read(path: str, image_size: int):
+def _skip_as_value(fn, *args, **kwargs):
+  """fn(*args, **kwargs), or the Skip it raised (so that thread-pool maps return it)."""
   try:
-    return _checked(path, lambda p: preprocess_generation_image(p, image_size))
+    return fn(*args, **kwargs)
   except Skip as e:
     return e
 
@@ -309,10 +311,7 @@ def _attempt_read(path: str, image_size: int):
 def _attempt(kind, item, image_size, pretokenise):
   if isinstance(item, Skip):
     return item
-  try:
-    return prepare_item(kind, item, image_size=image_size, pretokenise=pretokenise)
-  except Skip as e:
-    return e
+  return _skip_as_value(prepare_item, kind, item, image_size=image_size, pretokenise=pretokenise)
 
 
 def summary_line(summary: dict) -> str:
