@@ -2,20 +2,22 @@
 
 One choice lives here: on the CPU backend, whether XLA:CPU hands matrix products and
 convolutions to YNNPACK (its default in jax 0.10) or keeps them in its own (Eigen / oneDNN)
-kernels. Measured on a 2-core AMD EPYC without AVX-512 (Zen 3, AVX2), medians of 5,
-`python experiments/bench_xla_options.py --demo-workdir DIR` (YNNPACK / Eigen time):
+kernels. Measured on two 2-core hosts, medians of 5 (YNNPACK / Eigen time):
+`python experiments/bench_xla_options.py [--demo-workdir DIR]`
 
-  demo VQ training step                          1.84  (1060 -> 576 ms)
-  demo Stage II training step                    1.15  (704 -> 614 ms)
-  mid-size image decode, batch 1 (2 CFG rows)    0.62  (144 tokens per call)
-  mid-size image decode, batch 8 (16 CFG rows)   0.81
+                                               AMD Zen 3 (AVX2)   Intel Xeon (AVX-512,
+                                                                  AMX; model masked)
+  demo VQ training step                          1.84               1.38
+  demo Stage II training step                    1.15               1.12 (--quick's config)
+  mid-size image decode, batch 1 (2 CFG rows)    0.62               0.61
+  mid-size image decode, batch 8 (16 CFG rows)   0.81               0.87
 
 The decode loops' products are written weight-major (`llm.matmul`); with the plain x · w
-form (before), Eigen had won batch 8 (1.24) and YNNPACK only batch 1 (0.87).
+form (before), Eigen had won batch 8 on the Zen 3 (1.24) and YNNPACK only batch 1 (0.87).
 
-So without AVX-512, programs are compiled without YNNPACK, except the decode loops
-(`decode=True`). On AVX-512 machines YNNPACK stays on everywhere (the figures of earlier
-sessions, on a Zen 4, were taken with it). Set `YNNPACK` to force either way; a user's own
+So CPU programs are compiled without YNNPACK, except the decode loops (`decode=True`). (The
+earliest sessions' figures, on an AMD Zen 4 with AVX-512, were taken with YNNPACK everywhere;
+that host was never measured both ways.) Set `YNNPACK` to force either way; a user's own
 `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS always wins.
 
 Every program janus_jax compiles takes `compiler_options()`: pass it to `jax.jit(...,
@@ -29,13 +31,13 @@ import os
 import jax
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-YNNPACK: bool | None = None   # None: decide by the CPU (off without AVX-512)
+YNNPACK: bool | None = None   # None: only in decode loops
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_avx512() -> bool:
-  """Whether this CPU has AVX-512 (Linux /proc/cpuinfo; True where it cannot be read, so
-  an unknown machine keeps XLA's defaults)."""
+  """Whether this CPU has AVX-512 (Linux /proc/cpuinfo; True where it cannot be read).
+  Not part of the choice; benchmarks record it to describe the host."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
       for line in f:
@@ -47,11 +49,11 @@ def cpu_has_avx512() -> bool:
 
 
 def ynnpack_enabled(decode: bool = False) -> bool:
-  """Whether a CPU program keeps YNNPACK's fusions: YNNPACK if set, else by the CPU and,
-  without AVX-512, whether it is a token-decoding loop."""
+  """Whether a CPU program keeps YNNPACK's fusions: YNNPACK if set, else whether it is a
+  token-decoding loop."""
   if YNNPACK is not None:
     return YNNPACK
-  return cpu_has_avx512() or decode
+  return decode
 
 
 def compiler_options(platform: str | None = None, decode: bool = False) -> dict:

@@ -25,9 +25,8 @@ def test_options_follow_the_switch_and_only_apply_on_the_cpu(ynnpack, monkeypatc
   assert xla.compiler_options("tpu") == {} and xla.compiler_options("gpu") == {}
   ynnpack(True)
   assert xla.compiler_options("cpu") == {}
-  ynnpack(None)   # by the CPU: off exactly when it lacks AVX-512, but for decode loops
-  off = {} if xla.cpu_has_avx512() else {xla.YNN_OPTION: ""}
-  assert xla.compiler_options("cpu") == off
+  ynnpack(None)   # the default: off, but for decode loops
+  assert xla.compiler_options("cpu") == {xla.YNN_OPTION: ""}
   assert xla.compiler_options("cpu", decode=True) == {}
   assert xla.compiler_options("tpu", decode=True) == {}
   ynnpack(False)  # a user's own choice in XLA_FLAGS wins
