@@ -171,6 +171,30 @@ class _Trunk:
       return a if length == a.shape[axis] else jnp.pad(a, pad)
     return jax.tree.map(grow, cache)
 
+  def prefill(self, embeds, positions, key_mask, length: int):
+    """The prompt into a new cache of `length` slots -> (final-normed hidden [B, T, D],
+    cache in this trunk's form).
+
+    The chained form runs the prompt through the scanned layer stack and cuts its cache
+    into the per-layer head groups: with hundreds of rows, chaining each layer's products
+    costs more than it saves (a chat prompt with one image, Zen 3: 3.7 s chained against
+    1.9 s as the stack). Only the token steps, a few rows each, take the chained layers.
+    """
+    batch = embeds.shape[0]
+    if not (self.unrolled and self.parts):
+      return self(embeds, positions, key_mask, self.init_cache(batch, length), 0)
+    stack = llm_lib.init_cache(self.cfg.llm, batch, length, self.dtype)
+    stack = {k: nn.with_logical_constraint(v, llm_lib.CACHE_AXES) for k, v in stack.items()}
+    hidden, stack = self.model.apply({"params": self.params}, embeds, positions, key_mask,
+                                     stack, 0, method=Janus.decode)
+    width = self.cfg.llm.num_kv_heads // self.groups
+    spec = llm_lib.CACHE_AXES[1:]
+    cut = lambda a, layer, g: nn.with_logical_constraint(
+        a[layer, :, g * width:(g + 1) * width], spec)
+    cache = [tuple((cut(stack["k"], layer, g), cut(stack["v"], layer, g))
+                   for g in range(self.groups)) for layer in range(self.cfg.llm.num_layers)]
+    return hidden, cache
+
   def __call__(self, embeds, positions, key_mask, cache, cache_index):
     """-> (final-normed hidden [B, T, D], updated cache); see `LLM.__call__`."""
     if self.unrolled:
@@ -252,14 +276,13 @@ def _image_program(static: _ImageStatic):
     # steps [start, stop) needs slots [0, length + stop - 1).
     segments = _segments(num_tokens, static.window_segments if trunk.unrolled else 1)
     limit = length + segments[0][1] - 1 if segments else length
-    cache = trunk.init_cache(2 * b, limit)
 
     def pick(hidden, step):       # hidden [2B, D] -> next codes [B]
       return select_tokens(trunk.guided_logits(hidden, cfg_weight), _step_keys(keys, step),
                            temperature, top_p, top_k=static.top_k, greedy=static.greedy)
 
-    hidden, cache = trunk(trunk.apply(Janus.embed, all_ids), all_pos, key_mask[:, :limit],
-                          cache, 0)
+    hidden, cache = trunk.prefill(trunk.apply(Janus.embed, all_ids), all_pos,
+                                  key_mask[:, :limit], limit)
     token = pick(hidden[:, -1], 0)
     last_pos = all_pos[:, -1:]
     out = [token[:, None]]
@@ -447,14 +470,13 @@ def _text_program(static: _TextStatic):
     b, length = ids.shape
     key_mask = jnp.concatenate([mask, jnp.ones((b, new), mask.dtype)], axis=1)
     trunk = _Trunk(model, params, static.decode_form, "text")
-    cache = trunk.init_cache(b, length + new)
 
     def pick(logits, step):
       return select_tokens(logits, _step_keys(keys, step), temperature, top_p, top_k=None,
                            greedy=static.greedy)
 
     embeds = trunk.apply(Janus.embed, ids, pixel_values)
-    hidden, cache = trunk(embeds, positions, key_mask, cache, 0)
+    hidden, cache = trunk.prefill(embeds, positions, key_mask, length + new)
     token = pick(trunk.logits(hidden[:, -1]), 0)
     tokens = jnp.full((b, new), cfg.pad_token_id, jnp.int32).at[:, 0].set(token)
     done = token == cfg.eos_token_id
