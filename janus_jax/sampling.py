@@ -159,6 +159,10 @@ class _Trunk:
       spec = llm_lib.CACHE_AXES[1:]
       caches = llm_lib.init_layer_caches(self.cfg.llm, batch, length, self.dtype, self.groups)
       return jax.tree.map(lambda a: nn.with_logical_constraint(a, spec), caches)
+    return self._stack_cache(batch, length)
+
+  def _stack_cache(self, batch: int, length: int):
+    """An empty cache of the scanned layer stack ([L, B, K, S, H]), sharding-constrained."""
     cache = llm_lib.init_cache(self.cfg.llm, batch, length, self.dtype)
     return {k: nn.with_logical_constraint(v, llm_lib.CACHE_AXES) for k, v in cache.items()}
 
@@ -183,10 +187,8 @@ class _Trunk:
     batch = embeds.shape[0]
     if not (self.unrolled and self.parts):
       return self(embeds, positions, key_mask, self.init_cache(batch, length), 0)
-    stack = llm_lib.init_cache(self.cfg.llm, batch, length, self.dtype)
-    stack = {k: nn.with_logical_constraint(v, llm_lib.CACHE_AXES) for k, v in stack.items()}
     hidden, stack = self.model.apply({"params": self.params}, embeds, positions, key_mask,
-                                     stack, 0, method=Janus.decode)
+                                     self._stack_cache(batch, length), 0, method=Janus.decode)
     width = self.cfg.llm.num_kv_heads // self.groups
     spec = llm_lib.CACHE_AXES[1:]
     cut = lambda a, layer, g: nn.with_logical_constraint(
