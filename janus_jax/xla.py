@@ -67,7 +67,30 @@ def compiler_options(platform: str | None = None, decode: bool = False) -> dict:
   return {} if ynnpack_enabled(decode) else {YNN_OPTION: ""}
 
 
+def _under_trace() -> bool:
+  """Whether the caller is being traced (inside jax.jit, jax.eval_shape, ...): there a
+  new array is a tracer."""
+  return isinstance(jax.numpy.zeros(()), jax.core.Tracer)
+
+
 def jit(fun, platform: str | None = None, **kwargs):
   """`jax.jit(fun, **kwargs)` compiled with `compiler_options(platform)` (call it where the
-  program is built, not at import: it asks jax for its default backend)."""
-  return jax.jit(fun, compiler_options=compiler_options(platform) or None, **kwargs)
+  program is built, not at import: it asks jax for its default backend).
+
+  jax accepts compiler options only on a top-level jit, so called inside a user's own
+  trace (e.g. `jax.eval_shape(lambda: janus_jax.init_params(cfg, key))`) the function is
+  staged as a plain nested jit and compiled with the outer program's options.
+  `.lower(...)` lowers the top-level form.
+  """
+  options = compiler_options(platform)
+  top = jax.jit(fun, compiler_options=options or None, **kwargs)
+  if not options:
+    return top
+  nested = jax.jit(fun, **kwargs)
+
+  @functools.wraps(fun)
+  def call(*args, **kw):
+    return (nested if _under_trace() else top)(*args, **kw)
+
+  call.lower = top.lower
+  return call

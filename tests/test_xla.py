@@ -56,3 +56,21 @@ def test_programs_without_ynnpack_compute_the_same_values(ynnpack):
   default = xla.jit(f, "cpu")
   np.testing.assert_allclose(np.asarray(off(x, w1, w2)), np.asarray(default(x, w1, w2)),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_jitted_library_functions_run_inside_a_users_trace(ynnpack):
+  """jax takes compiler options only on a top-level jit; inside jax.eval_shape or a user's
+  jit, xla.jit functions (init_params among them) are staged as plain nested jits."""
+  import janus_jax
+  from janus_jax.config import JanusConfig
+  ynnpack(False)                      # options are non-empty: the case that used to raise
+  cfg = JanusConfig.preset("tiny")
+  key = jax.random.PRNGKey(0)
+  shapes = jax.eval_shape(lambda: janus_jax.init_params(cfg, key))
+  params = janus_jax.init_params(cfg, key)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), shapes) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), params)
+  f = xla.jit(lambda x: jnp.sin(x) * 2, "cpu")
+  x = jnp.linspace(0, 1, 8)
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda x: f(x) + 1)(x)),
+                             np.asarray(f(x)) + 1, rtol=1e-6)
