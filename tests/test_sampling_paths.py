@@ -50,3 +50,29 @@ def test_answers_equal_in_both_forms(loaded, decode_form):
   decode_form(False)
   scanned = sampling.generate_text_tokens(loaded, questions, images, max_new_tokens=10)
   np.testing.assert_array_equal(unrolled, scanned)
+
+
+def test_decode_weights_are_kept_while_their_params_live(loaded, decode_form):
+  """The decode weights are derived once per params and reused; replacing a weight they
+  came from derives them again (never stale), and they go when their params go."""
+  import gc
+  import jax
+  decode_form(True)
+  cfg = loaded.config
+  form = sampling._decode_form(cfg, None)
+  params = jax.tree.map(lambda a: a + 0, loaded.params)       # arrays of this test's own
+  first = sampling.decode_weights(params, cfg, form, "text")
+  assert sampling.decode_weights(params, cfg, form, "text") is first
+  assert sampling.decode_weights(params, cfg, form, "gen") is not first   # another head
+  before = len(sampling._DECODE_WEIGHTS)
+  kernel = params["llm"]["lm_head"]["kernel"]
+  params["llm"]["lm_head"]["kernel"] = kernel * 2
+  again = sampling.decode_weights(params, cfg, form, "text")
+  assert again is not first
+  np.testing.assert_allclose(np.asarray(again["head"][0]), 2 * np.asarray(first["head"][0]))
+  del kernel, first
+  gc.collect()
+  assert len(sampling._DECODE_WEIGHTS) == before   # the old kernel's entry went with it
+  del params, again
+  gc.collect()
+  assert len(sampling._DECODE_WEIGHTS) == before - 2   # this params' text and gen entries
