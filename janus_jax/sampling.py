@@ -97,8 +97,8 @@ def unrolled_decode_default() -> bool:
 
   XLA:CPU copies each layer's weights and cache slab out of the stacked arrays when the
   layers are a loop; unrolled over per-layer arrays a decode step reads each byte once, at
-  the price of a transient copy of the layer weights per generation call and a longer
-  compilation. Other backends keep the layer loop.
+  the price of a second copy of the layer weights (`decode_weights`, kept while the params
+  live) and a longer compilation. Other backends keep the layer loop.
   """
   if UNROLLED_DECODE is not None:
     return UNROLLED_DECODE
