@@ -158,8 +158,8 @@ def decode_weights(params, config: JanusConfig, form, head: str) -> dict:
   """`_decode_weights` computed by its own compiled program, and kept while the arrays it
   came from live (a `weakref.finalize` on each drops the entry), so repeated calls on
   the same params skip the copy. For the mid-size model on the Zen 3 that copy was about
-  a second of every chat call (ad-hoc script: first token 2.66 s against 1.63 s for the
-  same prefill without it). It holds a second copy of the LLM layers (and of the head
+  a second of every chat call (ad-hoc script, batch 1: first token 2.66 s with the copy
+  in the call, 1.55 s with it kept). It holds a second copy of the LLM layers (and of the head
   kernels) while it lives; set CACHE_DECODE_WEIGHTS = False to derive them per call.
   """
   groups = (form or (0, 0))[0]
