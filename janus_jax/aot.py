@@ -139,7 +139,7 @@ def sampling_report(preset: str, batch: int, slice_name: str, prompt_length: int
 
   def compile_fn():
     with sharding.use_mesh(mesh):
-      return program.lower(params, ids, ids, ids, keys, scalar, scalar, scalar).compile()
+      return program.lower(params, None, ids, ids, ids, keys, scalar, scalar, scalar).compile()
   report = analyse(f"generate_images {preset} batch {batch}", slice_name, mesh, compile_fn)
   # 2 FLOPs per weight per row per token over the decode path (layers, gen head, gen
   # aligner); CFG doubles the rows. Attention over the cache is left out (small here).

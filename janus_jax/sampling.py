@@ -154,7 +154,7 @@ def _decode_weights_program(config: JanusConfig, form, head: str):
   return xla.jit(functools.partial(_decode_weights, config=config, form=form, head=head))
 
 
-def decode_weights(params, config: JanusConfig, form, head: str) -> dict:
+def decode_weights(params, config: JanusConfig, form, head: str) -> dict | None:
   """`_decode_weights` computed by its own compiled program, and kept while the arrays it
   came from live (a `weakref.finalize` on each drops the entry), so repeated calls on
   the same params skip the copy. For the mid-size model on the Zen 3 that copy was about
@@ -162,10 +162,9 @@ def decode_weights(params, config: JanusConfig, form, head: str) -> dict:
   in the call, 1.55 s with it kept). It holds a second copy of the LLM layers (and of the head
   kernels) while it lives; set CACHE_DECODE_WEIGHTS = False to derive them per call.
   """
-  groups = (form or (0, 0))[0]
-  if not groups and head != "gen":
-    return {"layers": None, "head": None}
-  sources = [params["llm"]["layers"] if groups else {},
+  if not (form or (0, 0))[0]:
+    return None   # the scanned stack: its few derived head weights stay in the program
+  sources = [params["llm"]["layers"],
              params["gen_head"] if head == "gen" else params["llm"]["lm_head"]]
   leaves = jax.tree.leaves(sources)
   key = (config, tuple(form), head, tuple(id(a) for a in leaves))
@@ -184,7 +183,8 @@ def decode_weights(params, config: JanusConfig, form, head: str) -> dict:
 
 class _Trunk:
   """The LLM decoder over a preallocated KV cache and one output head, in the form
-  `_decode_form` chose, with the weights `decode_weights` derived for that form.
+  `_decode_form` chose, with the weights `decode_weights` derived for that form (None:
+  derived here, in the program).
 
   head: "gen" (image-code logits) or "text" (lm_head logits).
   """
@@ -196,6 +196,8 @@ class _Trunk:
     self.cfg = model.config
     self.dtype = jnp.dtype(self.cfg.dtype)
     self.head = head
+    if weights is None:
+      weights = _decode_weights(params, self.cfg, form, head)
     self.layers, self.head_params = weights["layers"], weights["head"]
 
   def init_cache(self, batch: int, length: int):
