@@ -112,6 +112,8 @@ def main(argv=None) -> int:
   args = cli_common.parse(_parser(), argv)
   if isinstance(args, int):
     return args
+  from janus_jax import xla
+  xla.use_compilation_cache()
   return cli_common.run(lambda: _chat(args))
 
 

@@ -282,6 +282,7 @@ def _parser():
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  xla.use_compilation_cache()
   try:
     if os.path.exists(args.out) and not args.overwrite:
       raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")

@@ -22,11 +22,18 @@ that host was never measured both ways.) Set `YNNPACK` to force either way; a us
 
 Every program janus_jax compiles takes `compiler_options()`: pass it to `jax.jit(...,
 compiler_options=...)` (`jit` below) or to `.lower(...).compile(...)`.
+
+The command-line tools also turn on jax's persistent compilation cache
+(`use_compilation_cache`), so a rerun or a resumed run loads its programs instead of
+compiling them again.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import os
+import platform as platform_lib
 
 import jax
 
@@ -94,3 +101,80 @@ def jit(fun, platform: str | None = None, **kwargs):
 
   call.lower = top.lower
   return call
+
+
+# --- the persistent compilation cache ------------------------------------------------------
+CACHE_ENV = "JANUS_JAX_COMPILATION_CACHE"   # a directory; empty: no cache
+CACHE_MAX_BYTES = 4 << 30                    # the default directory's bound (LRU eviction)
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+def _host_id() -> str:
+  """A short hash of this machine's CPU model and instruction-set flags."""
+  text = platform_lib.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      text += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+  except OSError:
+    text += platform_lib.processor()
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> str:
+  """~/.cache/janus-jax/jax_cache/<cpu>/: one directory per kind of CPU. XLA:CPU builds a
+  program for the instruction set of the CPU it compiles on, and jax's cache key does not
+  record it, so hosts with different CPUs sharing a home directory must not share entries."""
+  return os.path.join(os.path.expanduser("~"), ".cache", "janus-jax", "jax_cache", _host_id())
+
+
+def use_compilation_cache(directory: str | None = None) -> str | None:
+  """Turns on jax's persistent compilation cache for this process; returns its directory
+  (None: off). Programs that take a second or more to compile are then written there and
+  loaded, not compiled, by the next process that builds the same program with the same
+  options: a rerun of the demo, a resumed training run, a second `generate` on the same
+  checkpoint (its token loops report progress through a host callback, and jax keeps no
+  program with one, so there only the VQ decoder and the encoders are loaded).
+
+  Which directory: a jax setting the user made (JAX_COMPILATION_CACHE_DIR, or
+  `jax.config.update("jax_compilation_cache_dir", ...)`) is kept as it is; else
+  `directory`, else $JANUS_JAX_COMPILATION_CACHE, else `default_cache_dir()` (bounded to
+  CACHE_MAX_BYTES, least recently used entries evicted). An empty string turns it off.
+  Only process 0 of a multi-process job writes entries (jax's rule): give a pod a shared
+  directory (e.g. a gs:// path) for its other processes to read them.
+  """
+  configured = jax.config.jax_compilation_cache_dir
+  if configured:
+    return configured
+  if directory is None:
+    directory = os.environ.get(CACHE_ENV)
+  if directory is None:
+    directory = default_cache_dir()
+    if jax.config.jax_compilation_cache_max_size == -1:   # jax's default: unbounded
+      jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+  if not directory:
+    return None
+  if "://" not in directory:
+    directory = os.path.abspath(os.path.expanduser(directory))
+  jax.config.update("jax_compilation_cache_dir", directory)
+  # jax decides once per process, at its first compile, whether it uses a cache: let it
+  # decide again now that there is one.
+  from jax.experimental.compilation_cache import compilation_cache
+  compilation_cache.reset_cache()
+  return directory
+
+
+@contextlib.contextmanager
+def counting_cache_hits():
+  """Counts the programs loaded from the persistent compilation cache inside the block:
+  `with counting_cache_hits() as hits: ...`, then `hits[0]`."""
+  hits = [0]
+
+  def listener(event: str, **kwargs):
+    if event == _CACHE_HIT:
+      hits[0] += 1
+
+  jax.monitoring.register_event_listener(listener)
+  try:
+    yield hits
+  finally:
+    jax.monitoring.unregister_event_listener(listener)

@@ -14,6 +14,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """The CLIs turn on jax's persistent compilation cache (janus_jax.xla.use_compilation_cache):
+  in tests, and in the processes they start, it lives in this session's temp directory
+  rather than in ~/.cache."""
+  name = "JANUS_JAX_COMPILATION_CACHE"
+  if name not in os.environ:
+    os.environ[name] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield os.environ[name]
+
+
 @pytest.fixture(scope="session", params=["gqa", "mha"])
 def reference(request, tmp_path_factory):
   """(variant, torch model, JanusConfig, Flax params) for one tiny reference config.

@@ -141,6 +141,8 @@ def test_sigterm_and_kill_9_then_resume_are_bit_identical_to_an_uninterrupted_ru
   code, stdout = interrupt_at(env, workdir, 4, signal.SIGTERM)
   assert code == 0, stdout
   assert "preempted (SIGTERM): saved step" in stdout
+  # The straight run compiled this step program; this process loads it.
+  assert "loaded the train step from the compilation cache" in stdout
   saved = int(stdout.split("saved step ")[1].split()[0])
   assert os.path.isdir(workdir / "checkpoints" / str(saved))
   assert not os.path.exists(workdir / "export")

@@ -74,3 +74,58 @@ def test_jitted_library_functions_run_inside_a_users_trace(ynnpack):
   x = jnp.linspace(0, 1, 8)
   np.testing.assert_allclose(np.asarray(jax.jit(lambda x: f(x) + 1)(x)),
                              np.asarray(f(x)) + 1, rtol=1e-6)
+
+
+# Each case runs in its own process: jax's cache settings are process-wide.
+CACHE_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from janus_jax import xla
+jax.jit(lambda x: x + 1)(1.0)          # a compile before the cache is turned on
+arg = json.loads(sys.argv[1])
+directory = xla.use_compilation_cache(arg)
+with xla.counting_cache_hits() as hits:
+  jax.jit(lambda x: jnp.sin(x) * 3 + jnp.cos(x)).lower(jnp.ones(8)).compile()(jnp.ones(8))
+print(json.dumps(dict(directory=directory, hits=hits[0],
+                      max_size=jax.config.jax_compilation_cache_max_size)))
+"""
+
+
+def _cache_run(tmp_path, arg=None, **env):
+  import json
+  import subprocess
+  import sys
+  base = {k: v for k, v in os.environ.items()
+          if k not in ("JAX_COMPILATION_CACHE_DIR", xla.CACHE_ENV)}
+  base.update(HOME=str(tmp_path / "home"), JAX_PLATFORMS="cpu",
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
+  done = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, json.dumps(arg)], env=base,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compilation_cache_default_dir_is_bounded_and_a_second_process_loads_from_it(tmp_path):
+  first = _cache_run(tmp_path)
+  home = str(tmp_path / "home")
+  assert first["directory"].startswith(os.path.join(home, ".cache", "janus-jax", "jax_cache"))
+  assert first["hits"] == 0 and first["max_size"] == xla.CACHE_MAX_BYTES
+  assert any(name.endswith("-cache") for name in os.listdir(first["directory"]))
+  second = _cache_run(tmp_path)
+  assert second["directory"] == first["directory"] and second["hits"] >= 1
+
+
+def test_compilation_cache_directory_precedence_and_off_switch(tmp_path):
+  mine = str(tmp_path / "mine")
+  # An explicit directory, and the environment variable: used, and not bounded by us.
+  assert _cache_run(tmp_path, mine)["directory"] == mine
+  got = _cache_run(tmp_path, **{xla.CACHE_ENV: mine})
+  assert got["directory"] == mine and got["hits"] >= 1 and got["max_size"] == -1
+  # The user's own jax setting wins over both.
+  theirs = str(tmp_path / "theirs")
+  got = _cache_run(tmp_path, mine, JAX_COMPILATION_CACHE_DIR=theirs, **{xla.CACHE_ENV: mine})
+  assert got["directory"] == theirs and os.path.isdir(theirs)
+  # Empty: no cache, nothing written.
+  for off in (_cache_run(tmp_path, ""), _cache_run(tmp_path, **{xla.CACHE_ENV: ""})):
+    assert off == dict(directory=None, hits=0, max_size=-1)
+  assert not os.path.exists(tmp_path / "home" / ".cache")

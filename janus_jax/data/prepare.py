@@ -342,6 +342,9 @@ def main(argv=None) -> int:
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   from janus_jax.errors import CheckpointError
+  if args.vq_checkpoint:   # the VQ encoder is the one program it compiles
+    from janus_jax import xla
+    xla.use_compilation_cache()
   try:
     summary = prepare(args.kind, args.input, args.output, vq_checkpoint=args.vq_checkpoint,
                       image_size=args.image_size, image_root=args.image_root, name=args.name,

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
   plan = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
   if args.minutes is not None:
     plan = dataclasses.replace(plan, minutes=args.minutes)
+  from janus_jax import xla
+  xla.use_compilation_cache()
   try:
     summary = Demo(args.workdir, plan, progress=not args.quiet,
                    log=lambda line: print(line, file=sys.stderr, flush=True)).run()

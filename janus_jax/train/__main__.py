@@ -69,6 +69,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     _initialize_distributed()
+    from janus_jax import xla
+    cache = _CONFIG.value.get("compilation_cache_dir", "auto")
+    xla.use_compilation_cache(None if cache == "auto" else cache)
     from janus_jax.train.loop import train
     summary = train(_CONFIG.value, _WORKDIR.value,
                     log=lambda line: print(line, flush=True))

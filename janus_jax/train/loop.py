@@ -262,12 +262,14 @@ def _run(run: Setup, state, frozen, data, checkpointer, writer, log, summary, on
   start = summary["start_step"]
   batch = next(data)
   t0 = time.perf_counter()
-  compiled = run.compile(batch)
+  with xla.counting_cache_hits() as hits:
+    compiled = run.compile(batch)
   b, t = batch["input_ids"].shape
   images = batch["pixel_values"].shape[1]
   flops = metrics_lib.train_flops(run.model_config, run.layout.mask, b, t, images)
   peak, peak_source = metrics_lib.peak_flops(list(run.mesh.devices.flat), run.model_config.dtype)
-  log(f"compiled the train step in {time.perf_counter() - t0:.1f} s; batch {b} x {t}; "
+  how = "loaded the train step from the compilation cache" if hits[0] else "compiled the train step"
+  log(f"{how} in {time.perf_counter() - t0:.1f} s; batch {b} x {t}; "
       f"{flops / 1e9:,.2f} GFLOP/step (analytic model FLOPs); peak {peak / 1e9:,.1f} GFLOP/s "
       f"({peak_source})")
 

@@ -97,6 +97,10 @@ def base_config(variant: str) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
   c.log_every = 50
   c.tensorboard = True
+  # jax's persistent compilation cache (the CLI, `xla.use_compilation_cache`): "auto" for
+  # $JANUS_JAX_COMPILATION_CACHE or ~/.cache/janus-jax/jax_cache/<cpu>, a directory or
+  # gs:// path, or "" for none. A resumed or repeated run then loads its step.
+  c.compilation_cache_dir = "auto"
   # XLA options for compiling the step and the init, e.g. {"xla_backend_optimization_level": 0}
   # (CPU tests: compiles in half the time).
   c.xla_compiler_options = {}
