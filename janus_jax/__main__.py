@@ -26,6 +26,8 @@ COMMANDS = {
               "train a stage from an experiments/<file>.py:<arg> config"),
     "train_vq": ("janus_jax.train_vq", _PACKAGE_DIR / "train_vq.py",
                  "train a VQ image tokenizer from scratch on a folder of images"),
+    "train_vision": ("janus_jax.train_vision", _PACKAGE_DIR / "train_vision.py",
+                     "pretrain the understanding encoder on image-caption pairs"),
     "prepare": ("janus_jax.data.prepare", _PACKAGE_DIR / "data" / "prepare.py",
                 "raw data -> a TFDS / ArrayRecord training data set"),
     "demo": ("janus_jax.demo", _PACKAGE_DIR / "demo" / "__main__.py",
@@ -41,7 +43,7 @@ def _epilog() -> str:
   lines = ["entry points (each also runs as `python -m MODULE`):"]
   for command, (module, _, description) in COMMANDS.items():
     status = "" if _is_built(command) else "  (not yet built)"
-    lines.append(f"  {command:<9} python -m {module:<19} {description}{status}")
+    lines.append(f"  {command:<12} python -m {module:<22} {description}{status}")
   return "\n".join(lines)
 
 

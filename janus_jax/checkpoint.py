@@ -11,6 +11,7 @@ at the end, so an interrupted or failed write leaves no half-made directory behi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -126,6 +127,43 @@ def save(directory: str, params, config: JanusConfig, source_dir: str | None = N
     writer.add(jax.device_get(params))
     writer.close()
     write_sidecars(tmp, config, source_dir)
+
+
+def save_part(directory: str, part: str, params, config: JanusConfig, history=(),
+              overwrite: bool = False) -> None:
+  """A checkpoint directory holding one part of a model ({part: params}, e.g. a VQ or an
+  understanding encoder trained on its own) with the float32 config and, as
+  metrics.jsonl, the training history (dicts), written atomically; `load_part` reads it."""
+  stored = config.replace(dtype="float32", param_dtype="float32")
+  with atomic_directory(directory, overwrite) as tmp:
+    writer = ParamsWriter(tmp)
+    writer.add({part: jax.device_get(params)})
+    writer.close()
+    write_sidecars(tmp, stored)
+    with open(os.path.join(tmp, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(row) + "\n" for row in history)
+
+
+def load_part(directory: str, part: str):
+  """(JanusConfig, {part: float32 params}) of a converted checkpoint directory, reading only
+  `part/...` (a 7B checkpoint's VQ costs the VQ's memory, not the whole model's)."""
+  import orbax.checkpoint.experimental.v1 as ocp1
+  from janus_jax.model import abstract_params
+  config = read_config(directory)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = abstract_params(config)
+  if part not in abstract:
+    raise CheckpointError(f"a Janus model has no part {part!r}; choose one of {sorted(abstract)}.")
+  target = {part: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32,
+                                                              sharding=device), abstract[part])}
+  context = ocp1.Context()
+  context.pytree.loading.partial_load = True
+  try:
+    with context:
+      params = ocp1.load(os.path.join(directory, PARAMS_DIR), target)
+  except Exception as e:  # noqa: BLE001 - orbax raises several types for a bad directory
+    raise CheckpointError(f"cannot read the {part} params of {directory}: {e}") from e
+  return config, params
 
 
 def read_config(directory: str) -> JanusConfig:

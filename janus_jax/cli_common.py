@@ -116,3 +116,25 @@ def check_readable_file(path: str, what: str) -> None:
     raise ValueError(f"{what} {path!r} does not exist.")
   if not os.path.isfile(path):
     raise ValueError(f"{what} {path!r} is not a file.")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+  """A `--field-name` flag for every int / float field of the dataclass `cls`, defaulting
+  to the field's default (the train_vq / train_vision configs)."""
+  import dataclasses
+  defaults = cls()
+  for field in dataclasses.fields(cls):
+    parser.add_argument("--" + field.name.replace("_", "-"),
+                        type=int if field.type == "int" else float,
+                        default=getattr(defaults, field.name))
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+  import dataclasses
+  return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def read_model_config(value: str):
+  """--model-config: a JanusConfig JSON file or a preset name."""
+  from janus_jax.config import JanusConfig
+  return JanusConfig.from_json(value) if os.path.isfile(value) else JanusConfig.preset(value)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from janus_jax import checkpoint as checkpoint_lib
+from janus_jax import cli_common
 from janus_jax import xla
 from janus_jax.config import JanusConfig
 from janus_jax.modules.vq import VQModel
@@ -231,14 +232,7 @@ def save(out: str, vq_params, config: JanusConfig, history: list[dict] = (),
          overwrite: bool = False) -> None:
   """A checkpoint directory holding only the VQ (config.json + params {"vq": ...}) and the
   training metrics (metrics.jsonl), written atomically."""
-  stored = config.replace(dtype="float32", param_dtype="float32")
-  with checkpoint_lib.atomic_directory(out, overwrite) as tmp:
-    writer = checkpoint_lib.ParamsWriter(tmp)
-    writer.add({"vq": jax.device_get(vq_params)})
-    writer.close()
-    checkpoint_lib.write_sidecars(tmp, stored)
-    with open(os.path.join(tmp, "metrics.jsonl"), "w") as f:
-      f.writelines(json.dumps(row) + "\n" for row in history)
+  checkpoint_lib.save_part(out, "vq", vq_params, config, history, overwrite)
 
 
 def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
@@ -270,11 +264,7 @@ def _parser():
   parser.add_argument("--model-config", required=True,
                       help="the JanusConfig (config.json) whose VQ to train, or a preset name")
   parser.add_argument("--out", required=True, help="checkpoint directory to write")
-  defaults = VQTrainConfig()
-  for field in dataclasses.fields(VQTrainConfig):
-    parser.add_argument("--" + field.name.replace("_", "-"),
-                        type=int if field.type == "int" else float,
-                        default=getattr(defaults, field.name))
+  cli_common.add_dataclass_flags(parser, VQTrainConfig)
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--no-progress", action="store_true")
   return parser
@@ -286,11 +276,8 @@ def main(argv=None) -> int:
   try:
     if os.path.exists(args.out) and not args.overwrite:
       raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")
-    if os.path.isfile(args.model_config):
-      config = JanusConfig.from_json(args.model_config)
-    else:
-      config = JanusConfig.preset(args.model_config)
-    tc = VQTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(VQTrainConfig)})
+    config = cli_common.read_model_config(args.model_config)
+    tc = cli_common.dataclass_from_args(VQTrainConfig, args)
     images = load_images(image_paths(args.images), config.vq.image_size)
     params, history = train(images, config, tc, progress=not args.no_progress)
     save(args.out, params, config, history, overwrite=args.overwrite)

@@ -5,7 +5,6 @@ encoder; the pipeline uses it only for t2i sources that hold raw images.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import jax
@@ -25,21 +24,7 @@ def load_vq_params(path: str):
   converted on the fly (everything is read).
   """
   if checkpoint.is_converted(path):
-    import orbax.checkpoint.experimental.v1 as ocp1
-    from janus_jax.model import abstract_params
-    config = checkpoint.read_config(path)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"vq": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32,
-                                                                sharding=device),
-                                 abstract_params(config)["vq"])}
-    context = ocp1.Context()
-    context.pytree.loading.partial_load = True
-    try:
-      with context:
-        params = ocp1.load(os.path.join(path, checkpoint.PARAMS_DIR), target)
-    except Exception as e:  # noqa: BLE001 - orbax raises several types for a bad directory
-      raise checkpoint.CheckpointError(f"cannot read the VQ params of {path}: {e}") from e
-    return config, params
+    return checkpoint.load_part(path, "vq")
   import janus_jax
   loaded = janus_jax.load(path, dtype="float32")
   return loaded.config, {"vq": loaded.params["vq"]}

@@ -8,6 +8,8 @@ Phases (each uses the library's own entry points):
                  held-out pictures and prompts; a byte-level BPE tokenizer trained on its
                  words (data.py)
   2. VQ          the image tokenizer trained from scratch (janus_jax.train_vq)
+  2b. encoder    the understanding encoder pretrained on pictures and their descriptions
+                 (janus_jax.train_vision, SigLIP's sigmoid loss); frozen in Stages I-II
   3. prepare     TFDS / ArrayRecord data sets, t2i pre-tokenised (janus_jax.data.prepare)
   4. Stages I-III  janus_jax.train with the `demo` variant of the stage configs
   5. evaluate    mini-GenEval through `python -m janus_jax.generate`'s GenEval layout and

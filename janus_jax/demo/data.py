@@ -7,6 +7,8 @@
                                       "Describe the picture."; then 1-3 question turns
                                       (the picture after the first question)
   <dir>/text.jsonl                    {"text"}: a sentence about each picture
+  <dir>/vision.jsonl                  {"image", "caption"}: each training picture with that
+                                      sentence (pretraining the understanding encoder)
   <dir>/eval_vqa.jsonl                {"image", "question", "answer"} on held-out pictures
   <dir>/evaluation_metadata.jsonl     GenEval-style prompts (world.geneval_prompts)
   <dir>/tokenizer/tokenizer.json      byte-level BPE trained on all the words above, with
@@ -65,7 +67,7 @@ def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int, vq_scen
   for n in range(vq_scenes):
     _save_png(world.render(world.dense_scene(vq_rng)),
               os.path.join(directory, "images", "vq", f"{n}.png"))
-  t2i, und, text, vqa = [], [], [], []
+  t2i, und, text, vqa, pairs = [], [], [], [], []
   total = train_scenes + eval_scenes
   for n in tqdm(range(total), desc="shapes world", unit="img", disable=not progress):
     split = "train" if n < train_scenes else "eval"
@@ -90,10 +92,12 @@ def make_dataset(directory: str, *, train_scenes: int, eval_scenes: int, vq_scen
                 {"from": "gpt", "value": a}]
     und.append({"image": name, "conversations": turns})
     text.append({"text": world.describe(scene)})
+    pairs.append({"image": name, "caption": world.describe(scene)})
   counts = {
       "t2i": _write_jsonl(os.path.join(directory, "t2i.jsonl"), t2i),
       "understanding": _write_jsonl(os.path.join(directory, "understanding.jsonl"), und),
       "text": _write_jsonl(os.path.join(directory, "text.jsonl"), text),
+      "vision_pairs": _write_jsonl(os.path.join(directory, "vision.jsonl"), pairs),
       "eval_vqa": _write_jsonl(os.path.join(directory, "eval_vqa.jsonl"), vqa),
       "geneval": _write_jsonl(os.path.join(directory, "evaluation_metadata.jsonl"),
                               world.geneval_prompts(geneval_per_category, seed + 1)),

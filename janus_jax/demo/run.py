@@ -40,6 +40,12 @@ class Plan:
   cfg_weight: float = 1.5
   temperature: float = 0.4
   seed: int = 0
+  # > 0: the understanding encoder is first pretrained for this many steps on pictures and
+  # their descriptions (`janus_jax.train_vision`, SigLIP's sigmoid loss), then kept frozen
+  # in Stages I and II and trained in Stage III, as Janus does with its pretrained SigLIP.
+  # 0: it starts random and trains in every stage.
+  vision_steps: int = 0
+  vision_batch: int = 128
   # > 0: the whole run's time budget in minutes. Stages II and III then train as many steps
   # (in stage_steps' proportion, at most those) as fit the time left after Stage I, at
   # Stage I's measured step time (`budget_steps`): the same minutes on a slow machine as on
@@ -52,10 +58,10 @@ class Plan:
 FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_image=2,
             vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 1700, 900),
             batch_size=8, geneval_per_category=12, images_per_prompt=4, vqa_questions=600,
-            minutes=14.5)
+            minutes=14.5, vision_steps=300)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
              vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 80, 40), batch_size=16,
-             geneval_per_category=2, images_per_prompt=2, vqa_questions=120)
+             geneval_per_category=2, images_per_prompt=2, vqa_questions=120, vision_steps=250)
 
 # The VQ: LlamaGen's architecture at 48 px with three downsamplings (6 x 6 codes, one 2 x 2
 # block per grid cell); GroupNorm over 32 channels as the transformers reference requires.
@@ -212,6 +218,33 @@ class Demo:
               f"{config.vq.codebook_size} codes used; reconstruction MSE {last.get('recon', float('nan')):.4f}")
     return dict(agreement=float(np.mean(same)), detail=detail)
 
+  # --- phase 2b: the understanding encoder ----------------------------------------------------
+  def train_vision(self, config: JanusConfig) -> str | None:
+    """Pretrains the understanding encoder on the training pictures and their
+    descriptions (Plan.vision_steps); None when the plan has it start random."""
+    from janus_jax import checkpoint as checkpoint_lib
+    from janus_jax import train_vision
+    if not self.plan.vision_steps:
+      return None
+    start = time.perf_counter()
+    out = self.path("vision")
+    if not checkpoint_lib.is_converted(out):
+      from tokenizers import Tokenizer
+      paths, captions = train_vision.read_pairs(os.path.join(self.data_dir, "vision.jsonl"))
+      tc = train_vision.VisionTrainConfig(steps=self.plan.vision_steps,
+                                          batch_size=self.plan.vision_batch, seed=self.plan.seed)
+      tokenizer = Tokenizer.from_file(os.path.join(self.tokenizer_dir, "tokenizer.json"))
+      ids, mask = train_vision.tokenize(tokenizer, captions, tc.max_text_tokens)
+      images = train_vision.load_images(paths, config.vision.image_size)
+      params, history = train_vision.train(images, ids, mask, config, tc,
+                                           progress=self.progress)
+      train_vision.save(out, params, config, history=history)
+    last = read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
+    self._phase("understanding encoder", start, steps=self.plan.vision_steps,
+                detail=f"sigmoid loss {last['loss']:.3f}; a held-out picture's best-matching "
+                       f"description is its own in {last.get('retrieval', float('nan')):.1%}")
+    return out
+
   # --- phase 3: prepared data sets -----------------------------------------------------------
   def sources(self) -> dict:
     """The prepared data sets, {kind: [directory]}, as the train config reads them."""
@@ -236,8 +269,9 @@ class Demo:
     return sources
 
   # --- phase 4: the init checkpoint ------------------------------------------------------------
-  def init_checkpoint(self, config: JanusConfig, vq_dir: str) -> str:
-    """Random LLM, SigLIP, aligners and heads + the trained VQ + the tokenizer files."""
+  def init_checkpoint(self, config: JanusConfig, vq_dir: str, vision_dir: str | None = None) -> str:
+    """Random LLM, aligners and heads + the trained VQ + the pretrained understanding
+    encoder (random without `vision_dir`) + the tokenizer files."""
     from janus_jax import checkpoint as checkpoint_lib
     from janus_jax.model import init_params
     out = self.path("init")
@@ -245,6 +279,8 @@ class Demo:
       import jax
       params = jax.device_get(init_params(config, jax.random.PRNGKey(self.plan.seed)))
       params["vq"] = self._vq_params(vq_dir)["vq"]
+      if vision_dir is not None:
+        params["vision"] = checkpoint_lib.load_part(vision_dir, "vision")[1]["vision"]
       checkpoint_lib.save(out, params, config, source_dir=self.tokenizer_dir)
     return out
 
@@ -262,6 +298,8 @@ class Demo:
     if config.num_steps > config.optimizer.warmup_steps:   # anneal: see recipe.DEMO_LR
       config.optimizer.decay_steps = config.num_steps
     config.seed = self.plan.seed + stage
+    if self.plan.vision_steps and stage < 3:      # a pretrained encoder: frozen until III
+      config.trainable = tuple(t for t in config.trainable if t != "vision/.*")
     return config
 
   def stage_steps(self) -> tuple[int, int, int]:
@@ -356,8 +394,9 @@ class Demo:
     t0 = time.perf_counter()
     config = self.make_data()
     vq_dir = self.train_vq(config)
+    vision_dir = self.train_vision(config)
     sources = self.prepare(vq_dir)
-    init_dir = self.init_checkpoint(config, vq_dir)
+    init_dir = self.init_checkpoint(config, vq_dir, vision_dir)
     checkpoint = init_dir
     for stage in (1, 2, 3):
       checkpoint = self.train_stage(stage, checkpoint, sources)
