@@ -242,14 +242,9 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
   """float32 [N, size, size, 3] in [-1, 1], preprocessed for understanding (JANUS.md §3.1)."""
+  from janus_jax import train_vq
   from janus_jax.processor import preprocess_image
-  out = np.empty((len(paths), size, size, 3), np.float32)
-  for i, path in enumerate(paths):
-    try:
-      out[i] = preprocess_image(path, size)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"cannot read image {path}: {e}") from None
-  return out
+  return train_vq.load_images(paths, size, preprocess_image)
 
 
 def save(out: str, vision_params, config: JanusConfig, history: list[dict] = (),

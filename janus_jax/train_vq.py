@@ -84,13 +84,15 @@ def image_paths(source: str) -> list[str]:
   return paths
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-  """float32 [N, size, size, 3] in [-1, 1], preprocessed as for generation (JANUS.md §3.1)."""
+def load_images(paths: list[str], size: int, preprocess=None) -> np.ndarray:
+  """float32 [N, size, size, 3] in [-1, 1], preprocessed as for generation (JANUS.md §3.1)
+  or by `preprocess(path, size)` (e.g. `processor.preprocess_image`, for understanding)."""
   from janus_jax.processor import preprocess_generation_image
+  preprocess = preprocess or preprocess_generation_image
   out = np.empty((len(paths), size, size, 3), np.float32)
   for i, path in enumerate(paths):
     try:
-      out[i] = preprocess_generation_image(path, size)
+      out[i] = preprocess(path, size)
     except (OSError, ValueError) as e:
       raise ValueError(f"cannot read image {path}: {e}") from None
   return out
