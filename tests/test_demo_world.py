@@ -85,6 +85,24 @@ def test_captions_and_answers_are_true_and_held_out_prompts_unseen():
   assert held and all(e["prompt"] in world.HELD_OUT_PROMPTS for e in held)
 
 
+def test_captions_name_objects_in_reading_order():
+  """Listings name objects as a reader meets them (rows top to bottom, each left to right);
+  position captions are said both ways."""
+  blue_square, red_circle = world.Obj("square", "blue", 7), world.Obj("circle", "red", 2)
+  said = {text for _, text in world.captions((blue_square, red_circle))}
+  assert "a red circle and a blue square" in said - world.HELD_OUT_PROMPTS
+  assert "a blue square and a red circle" not in said
+  assert "a circle and a square" in said and "a square and a circle" not in said
+  both_ways = {"a circle above a square", "a circle right of a square",
+               "a square below a circle", "a square left of a circle"}
+  assert {t for c, t in world.captions((blue_square, red_circle)) if c == "position"} == \
+      both_ways - world.HELD_OUT_PROMPTS
+  three = (world.Obj("triangle", "green", 8), world.Obj("circle", "red", 0),
+           world.Obj("square", "blue", 4))
+  assert [t for c, t in world.captions(three) if c == "listing"] == \
+      ["a red circle, a blue square and a green triangle"]
+
+
 def test_dataset_files_and_tokenizer(tmp_path):
   counts = demo_data.make_dataset(str(tmp_path), train_scenes=40, eval_scenes=5,
                                   geneval_per_category=2, progress=False)

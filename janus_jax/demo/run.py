@@ -46,6 +46,7 @@ class Plan:
   # 0: it starts random and trains in every stage.
   vision_steps: int = 0
   vision_batch: int = 128
+  vision_text_width: int = 64    # the text tower's width (train_vision.VisionTrainConfig)
   # > 0: the whole run's time budget in minutes. Stages II and III then train as many steps
   # (in stage_steps' proportion, at most those) as fit the time left after Stage I, at
   # Stage I's measured step time (`budget_steps`): the same minutes on a slow machine as on
@@ -54,11 +55,14 @@ class Plan:
 
 
 # FULL: 8 rows per step and twice the steps of 16 rows in the same minutes (a step costs
-# about half): mini-GenEval 0.618 -> 0.677, VQA 0.902 -> 0.895 (README, "The demo").
+# about half): mini-GenEval 0.618 -> 0.677, VQA 0.902 -> 0.895 (README, "The demo"). The
+# encoder pretrains on 256 pairs with a text tower of width 128: at equal Stage steps VQA
+# 0.860 with 128 / 64 and 0.877 with 256 / 64, 0.907 with 256 / 128 ("What colour is the
+# X?" 0.20 / 0.32 / 0.54); it costs about 85 s more than 128 / 64.
 FULL = Plan(train_scenes=12000, eval_scenes=400, vq_scenes=2500, captions_per_image=2,
             vq_ae_steps=150, vq_steps=250, vq_batch=32, stage_steps=(50, 1700, 900),
             batch_size=8, geneval_per_category=12, images_per_prompt=4, vqa_questions=600,
-            minutes=14.5, vision_steps=300)
+            minutes=14.5, vision_steps=300, vision_batch=256, vision_text_width=128)
 QUICK = Plan(train_scenes=2000, eval_scenes=80, vq_scenes=1000, captions_per_image=2,
              vq_ae_steps=80, vq_steps=160, vq_batch=16, stage_steps=(10, 80, 40), batch_size=16,
              geneval_per_category=2, images_per_prompt=2, vqa_questions=120, vision_steps=250)
@@ -70,10 +74,12 @@ DEMO_VQ = VQConfig(image_size=world.IMAGE_SIZE, codebook_size=128, codebook_dim=
                    z_channels=64)
 
 
-# Stages II and III cost this much more per step than Stage I (measured in a budgeted full
-# run on a 2-core Zen 3: medians 0.690 and 0.697 s against 0.564 s; 1.15 had let that run
-# end 25 s late), and evaluation plus the report about this many Stage I steps (55 s there).
-LATER_STAGE_COST = 1.25
+# Stages II and III cost this much more per step than Stage I, their checkpoints and
+# exports included (measured in budgeted full runs: on a 2-core Zen 3 medians 0.690 and
+# 0.697 s against 0.564 s; on a 2-core Zen 4 medians 0.329 and 0.340 s against 0.266 s but
+# wall time per step 0.348 and 0.366 s, and 1.25 let that run end 18 s past its budget),
+# and evaluation plus the report about this many Stage I steps (55 s on the Zen 3).
+LATER_STAGE_COST = 1.3
 EVALUATION_STEPS = 100
 MIN_SCALE = 0.05
 
@@ -232,7 +238,9 @@ class Demo:
       from tokenizers import Tokenizer
       paths, captions = train_vision.read_pairs(os.path.join(self.data_dir, "vision.jsonl"))
       tc = train_vision.VisionTrainConfig(steps=self.plan.vision_steps,
-                                          batch_size=self.plan.vision_batch, seed=self.plan.seed)
+                                          batch_size=self.plan.vision_batch,
+                                          text_width=self.plan.vision_text_width,
+                                          seed=self.plan.seed)
       tokenizer = Tokenizer.from_file(os.path.join(self.tokenizer_dir, "tokenizer.json"))
       ids, mask = train_vision.tokenize(tokenizer, captions, tc.max_text_tokens)
       images = train_vision.load_images(paths, config.vision.image_size)
