@@ -219,3 +219,24 @@ def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
   again.fit_budget(time.perf_counter() - 1000.0)
   assert again.stage_steps() == fixed
   assert again.stage_config(2, str(tmp_path), again.sources()).num_steps == fixed[1]
+
+  # After Stage II: Stage III again, from the time left at Stage II's own step time.
+  os.makedirs(tmp_path / "stage2")
+  with open(tmp_path / "stage2" / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps({"step": 10 * i, "step_time": 0.5}) + "\n" for i in (1, 2, 3))
+  stage2 = {"name": "Stage II", "seconds": 0.5 * fixed[1] + 5.0, "steps": fixed[1]}
+  resumed = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  resumed.phases.append(dict(stage2, steps_run=3))       # resumed near its end: no refit
+  resumed.refit_stage3(time.perf_counter() - 180.0)
+  assert resumed.stage_steps() == fixed
+  demo.phases.append(dict(stage2, steps_run=fixed[1]))
+  demo.refit_stage3(time.perf_counter() - 180.0)          # Stage II ended 180 s into the run
+  # 240 s - 180 elapsed - 5 overhead - 100 evaluation steps of 0.5 s = 5 s left
+  step3 = 0.5 * run.STAGE3_COST
+  refit = demo.stage_steps()
+  assert refit[:2] == fixed[:2] and abs(refit[2] - 5.0 // step3) <= 1 and refit[2] < fixed[2]
+  again = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  again.phases.append(dict(stage2, steps_run=fixed[1]))
+  again.refit_stage3(time.perf_counter() - 100.0)          # a rerun keeps the refit
+  assert again.stage_steps() == refit
+  assert again.stage_config(3, str(tmp_path), again.sources()).num_steps == refit[2]
