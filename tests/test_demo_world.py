@@ -240,3 +240,14 @@ def test_demo_under_a_budget_keeps_the_steps_it_fixed(tmp_path):
   again.refit_stage3(time.perf_counter() - 100.0)          # a rerun keeps the refit
   assert again.stage_steps() == refit
   assert again.stage_config(3, str(tmp_path), again.sources()).num_steps == refit[2]
+  # Time to spare after Stage II: Stage III grows, up to the plan's steps.
+  with open(tmp_path / "steps.json") as f:
+    record = json.load(f)
+  record["stage_steps"] = list(fixed)
+  del record["stage3_before_refit"]
+  with open(tmp_path / "steps.json", "w") as f:
+    json.dump(record, f)
+  spare = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  spare.phases.append(dict(stage2, steps_run=fixed[1]))
+  spare.refit_stage3(time.perf_counter() - 60.0)          # 125 s left: more than the plan
+  assert spare.stage_steps()[2] == plan.stage_steps[2] > fixed[2]

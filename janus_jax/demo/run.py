@@ -342,9 +342,9 @@ class Demo:
   def refit_stage3(self, run_start: float) -> None:
     """After Stage II, under a budget: Stage III's steps again, from the time actually left
     and Stage II's measured step time and overhead (compiling, checkpoints, export), at most
-    the steps fit_budget fixed. Stage I's short run misjudges the later stages' step by
-    several per cent, which over ~1,500 steps is most of the budget's slack; by Stage III
-    only its own steps are left to guess. Skipped when Stage II did not train most of its
+    the plan's. Stage I's short run misjudges the later stages' step by several per cent
+    either way, which over ~1,500 steps is most of the budget's slack; by Stage III only
+    its own steps are left to guess. Skipped when Stage II did not train most of its
     steps in this process (a resumed run: its wall time says nothing) or when steps.json
     already holds the refit (a rerun keeps it)."""
     path = self.path("steps.json")
@@ -363,7 +363,7 @@ class Demo:
     left = (self.plan.minutes * 60 - elapsed - overhead
             - EVALUATION_STEPS * fixed["stage1_step_s"])
     before = fixed["stage_steps"][2]
-    steps3 = int(min(before, max(1, left // step)))
+    steps3 = int(min(self.plan.stage_steps[2], max(1, left // step)))
     fixed.update(stage3_before_refit=before, elapsed_after_stage2_s=elapsed,
                  stage2_step_s=step / STAGE3_COST)
     fixed["stage_steps"][2] = steps3
