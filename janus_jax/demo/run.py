@@ -49,8 +49,9 @@ class Plan:
   vision_text_width: int = 64    # the text tower's width (train_vision.VisionTrainConfig)
   # > 0: the whole run's time budget in minutes. Stages II and III then train as many steps
   # (in stage_steps' proportion, at most those) as fit the time left after Stage I, at
-  # Stage I's measured step time (`budget_steps`): the same minutes on a slow machine as on
-  # a fast one, fewer steps. 0: stage_steps as given.
+  # Stage I's measured step time (`budget_steps`); after Stage II, Stage III's steps are
+  # fitted again at Stage II's (`Demo.refit_stage3`): the same minutes on a slow machine as
+  # on a fast one, fewer steps. 0: stage_steps as given.
   minutes: float = 0.0
 
 
