@@ -322,6 +322,12 @@ class Demo:
       return tuple(_read_json(path)["stage_steps"])
     return self.plan.stage_steps
 
+  def _median_step_time(self, stage: int) -> float:
+    """The median of the step times Stage `stage` logged (its metrics.jsonl)."""
+    return float(np.median([r["step_time"] for r in
+                            read_jsonl(self.path(f"stage{stage}", "metrics.jsonl"))
+                            if "step_time" in r]))
+
   def fit_budget(self, run_start: float) -> None:
     """After Stage I, under a budget: fixes the steps of Stages II and III (steps.json;
     a rerun keeps them) from the time left and Stage I's step time."""
@@ -329,9 +335,7 @@ class Demo:
     if not self.plan.minutes or os.path.isfile(path):
       return
     stage1 = next(p for p in self.phases if p["name"] == "Stage I")
-    times = [r["step_time"] for r in read_jsonl(self.path("stage1", "metrics.jsonl"))
-             if "step_time" in r]
-    step = float(np.median(times))
+    step = self._median_step_time(1)
     elapsed = time.perf_counter() - run_start
     steps = budget_steps(self.plan, elapsed, stage1["seconds"], step)
     _write_json(path, dict(stage_steps=list(steps), minutes=self.plan.minutes,
@@ -356,9 +360,7 @@ class Demo:
     if "stage3_before_refit" in fixed or stage2 is None or \
         stage2.get("steps_run", 0) < stage2["steps"] / 2:
       return
-    times = [r["step_time"] for r in read_jsonl(self.path("stage2", "metrics.jsonl"))
-             if "step_time" in r]
-    step = float(np.median(times)) * STAGE3_COST
+    step = self._median_step_time(2) * STAGE3_COST
     overhead = max(0.0, stage2["seconds"] - stage2["steps_run"] * step / STAGE3_COST)
     elapsed = time.perf_counter() - run_start
     left = (self.plan.minutes * 60 - elapsed - overhead
