@@ -138,3 +138,23 @@ def read_model_config(value: str):
   """--model-config: a JanusConfig JSON file or a preset name."""
   from janus_jax.config import JanusConfig
   return JanusConfig.from_json(value) if os.path.isfile(value) else JanusConfig.preset(value)
+
+
+def add_part_training_flags(parser: argparse.ArgumentParser, cls, part: str) -> None:
+  """The flags of the CLIs that train one part of a Janus (train_vq, train_vision):
+  --model-config, --out, a flag per field of the training config `cls`, --overwrite and
+  --no-progress."""
+  parser.add_argument("--model-config", required=True,
+                      help=f"the JanusConfig (config.json) whose {part} to train, or a preset name")
+  parser.add_argument("--out", required=True, help="checkpoint directory to write")
+  add_dataclass_flags(parser, cls)
+  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--no-progress", action="store_true")
+
+
+def part_training_setup(args: argparse.Namespace, cls):
+  """-> (JanusConfig, training config `cls`) from add_part_training_flags' flags; refuses an
+  existing --out without --overwrite (ValueError)."""
+  if os.path.exists(args.out) and not args.overwrite:
+    raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")
+  return read_model_config(args.model_config), dataclass_from_args(cls, args)

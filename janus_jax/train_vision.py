@@ -258,13 +258,8 @@ def _parser():
   parser = argparse.ArgumentParser(prog="python -m janus_jax.train_vision",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--pairs", required=True, help='JSONL of {"image": path, "caption": text}')
-  parser.add_argument("--model-config", required=True,
-                      help="the JanusConfig (config.json) whose encoder to train, or a preset name")
   parser.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
-  parser.add_argument("--out", required=True, help="checkpoint directory to write")
-  cli_common.add_dataclass_flags(parser, VisionTrainConfig)
-  parser.add_argument("--overwrite", action="store_true")
-  parser.add_argument("--no-progress", action="store_true")
+  cli_common.add_part_training_flags(parser, VisionTrainConfig, "encoder")
   return parser
 
 
@@ -272,15 +267,12 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   xla.use_compilation_cache()
   try:
-    if os.path.exists(args.out) and not args.overwrite:
-      raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")
-    config = cli_common.read_model_config(args.model_config)
+    config, tc = cli_common.part_training_setup(args, VisionTrainConfig)
     tokenizer_file = os.path.join(args.tokenizer, "tokenizer.json")
     if not os.path.isfile(tokenizer_file):
       raise ValueError(f"--tokenizer {args.tokenizer} holds no tokenizer.json.")
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(tokenizer_file)
-    tc = cli_common.dataclass_from_args(VisionTrainConfig, args)
     paths, captions = read_pairs(args.pairs)
     ids, mask = tokenize(tokenizer, captions, tc.max_text_tokens)
     if ids.max() >= config.llm.vocab_size:

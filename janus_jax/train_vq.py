@@ -263,12 +263,7 @@ def _parser():
   parser = argparse.ArgumentParser(prog="python -m janus_jax.train_vq",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--images", required=True, help="folder of images or JSONL of {'image': path}")
-  parser.add_argument("--model-config", required=True,
-                      help="the JanusConfig (config.json) whose VQ to train, or a preset name")
-  parser.add_argument("--out", required=True, help="checkpoint directory to write")
-  cli_common.add_dataclass_flags(parser, VQTrainConfig)
-  parser.add_argument("--overwrite", action="store_true")
-  parser.add_argument("--no-progress", action="store_true")
+  cli_common.add_part_training_flags(parser, VQTrainConfig, "VQ")
   return parser
 
 
@@ -276,10 +271,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   xla.use_compilation_cache()
   try:
-    if os.path.exists(args.out) and not args.overwrite:
-      raise ValueError(f"{args.out} exists; pass --overwrite to replace it.")
-    config = cli_common.read_model_config(args.model_config)
-    tc = cli_common.dataclass_from_args(VQTrainConfig, args)
+    config, tc = cli_common.part_training_setup(args, VQTrainConfig)
     images = load_images(image_paths(args.images), config.vq.image_size)
     params, history = train(images, config, tc, progress=not args.no_progress)
     save(args.out, params, config, history, overwrite=args.overwrite)
