@@ -415,32 +415,13 @@ def plan(llm: str, siglip: str, vq: str, seed: int = 0, dtype: str = "bfloat16",
 
 
 # --- fresh parameters ---------------------------------------------------------------------------
-def _touch_fresh(model):
-  """Runs only the fresh submodules of a `Janus`, so `init` creates only their params."""
-  import jax.numpy as jnp
-  cfg = model.config
-  model.aligner(jnp.zeros((1, 1, cfg.vision.width), jnp.float32))
-  model.gen_embeds(jnp.zeros((1, 1), jnp.int32))
-  model.gen_logits(jnp.zeros((1, 1, cfg.llm.hidden_size), jnp.float32))
-
-
 def fresh_params(config: JanusConfig, seed: int) -> dict:
   """The FRESH subtrees with our init, exactly as `init_params(config, key(seed))` makes them,
-  without creating the rest of the model."""
+  without computing the rest of the model (`init_params(exclude=...)`)."""
   import jax
-  import flax.linen as nn
-  from janus_jax import xla
-  from janus_jax.model import abstract_params
-  from janus_jax.modules.janus import Janus
-  init = lambda rng: nn.unbox(Janus(config).init(rng, method=_touch_fresh)["params"])
-  rng = jax.random.key(seed)
-  got = jax.eval_shape(init, rng)
-  want = abstract_params(config)
-  same = lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype)
-  if set(got) != set(FRESH) or not jax.tree.all(
-      jax.tree.map(same, got, {k: want[k] for k in FRESH})):
-    raise RuntimeError(f"the fresh init does not match the Janus param tree: made {sorted(got)}")
-  return jax.device_get(xla.jit(init)(rng))
+  from janus_jax.model import abstract_params, init_params
+  rest = tuple(k for k in abstract_params(config) if k not in FRESH)
+  return jax.device_get(init_params(config, jax.random.key(seed), exclude=rest))
 
 
 def iter_params(p: Plan, progress: bool = False, reuse_buffer: bool = False):

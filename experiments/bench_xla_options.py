@@ -108,8 +108,8 @@ def vq_builder():
   opt_state = optimizer.init(params)
 
   def build():
-    step = train_vq.make_step(model, optimizer, train_vq.VQTrainConfig(), quantize=True)
-    return lambda: jax.block_until_ready(step(params, opt_state, pixels)[0])
+    step = train_vq.make_step(model, optimizer, train_vq.VQTrainConfig())
+    return lambda: jax.block_until_ready(step(params, opt_state, pixels, jnp.asarray(True))[0])
   return build
 
 

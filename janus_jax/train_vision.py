@@ -166,8 +166,10 @@ def train(images: np.ndarray, ids: np.ndarray, mask: np.ndarray, config: JanusCo
                      "give more pairs or a smaller batch size.")
   model = Contrastive(config.replace(dtype="float32", param_dtype="float32"), tc)
   rng = np.random.default_rng(tc.seed)
-  params = nn.unbox(model.init(jax.random.PRNGKey(tc.seed), jnp.asarray(images[:2]),
-                               jnp.asarray(ids[:2]), jnp.asarray(mask[:2]))["params"])
+  params = xla.jit(lambda key, *batch: nn.unbox(model.init(key, *batch)["params"]),
+                   once=True)(
+      jax.random.PRNGKey(tc.seed), jnp.asarray(images[:2]), jnp.asarray(ids[:2]),
+      jnp.asarray(mask[:2]))       # one program, not one compile per op (train_vq.train)
   schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
                                                 max(tc.steps, tc.warmup_steps + 1),
                                                 tc.learning_rate * 0.05)

@@ -98,20 +98,24 @@ def load_images(paths: list[str], size: int, preprocess=None) -> np.ndarray:
   return out
 
 
-def make_step(model: VQModel, optimizer, tc: VQTrainConfig, quantize: bool = True):
-  def loss_fn(params, pixels):
+def make_step(model: VQModel, optimizer, tc: VQTrainConfig):
+  """The jitted step (params, opt_state, pixels, quantize) -> (params, opt_state, metrics);
+  quantize is an argument, not a constant, so the autoencoder warm-up and the quantised
+  steps are one compiled program (compiling the step takes ~5 s on a 2-core host)."""
+  def loss_fn(params, pixels, quantize):
     decoded, z, zq, codes = model.apply({"params": params}, pixels, quantize,
                                         method=VQModel.train_forward)
     recon = jnp.mean(jnp.square(decoded - pixels))
     codebook = jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - zq), -1))
     commit = jnp.mean(jnp.sum(jnp.square(z - jax.lax.stop_gradient(zq)), -1))
-    loss = recon + (tc.codebook_weight * codebook + tc.commitment * commit if quantize else 0.0)
+    loss = recon + jnp.where(quantize, tc.codebook_weight * codebook + tc.commitment * commit,
+                             0.0)
     return loss, dict(loss=loss, recon=recon, codebook=codebook, commitment=commit,
                       codes=codes, z=z)
 
   @xla.jit
-  def step(params, opt_state, pixels):
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, pixels)
+  def step(params, opt_state, pixels, quantize):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, pixels, quantize)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, aux
   return step
@@ -176,14 +180,16 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
   import flax.linen as nn
   model = VQModel(config.vq)
   rng = np.random.default_rng(tc.seed)
-  params = nn.unbox(model.init(jax.random.PRNGKey(tc.seed), jnp.asarray(images[:1]))["params"])
+  # one program (flax's init run op by op compiles every op apart: ~10 s for the demo VQ)
+  params = xla.jit(lambda key, x: nn.unbox(model.init(key, x)["params"]), once=True)(
+      jax.random.PRNGKey(tc.seed), jnp.asarray(images[:1]))
   total = tc.ae_steps + tc.steps
   schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
                                                 max(total, tc.warmup_steps + 1),
                                                 tc.learning_rate * 0.05)
   optimizer = optax.adam(schedule)
   opt_state = optimizer.init(params)
-  steps = {q: make_step(model, optimizer, tc, quantize=q) for q in (False, True)}
+  step = make_step(model, optimizer, tc)
   used = np.zeros(config.vq.codebook_size, bool)
   history, interval = [], []
   from tqdm import tqdm
@@ -196,7 +202,8 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
         params = _with_codebook(params, spherical_kmeans(
             _latents(model, params, images, rng), config.vq.codebook_size, rng))
       batch = images[rng.integers(0, len(images), tc.batch_size)]
-      params, opt_state, aux = steps[quantize](params, opt_state, jnp.asarray(batch))
+      params, opt_state, aux = step(params, opt_state, jnp.asarray(batch),
+                                    jnp.asarray(quantize))
       interval.append({k: float(aux[k]) for k in ("loss", "recon", "codebook", "commitment")})
       codes = np.asarray(aux["codes"])
       if quantize:

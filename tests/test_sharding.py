@@ -21,6 +21,19 @@ def setup():
   return config, mesh, params
 
 
+def test_init_params_can_leave_parts_out(setup):
+  """exclude: the other parts hold a full init's values and placement; a wrong name is
+  refused with the names there are."""
+  config, mesh, params = setup
+  kept = janus_jax.init_params(config, jax.random.key(0), mesh=mesh, exclude=("vq", "vision"))
+  assert set(kept) == set(params) - {"vq", "vision"}
+  for got, want in zip(jax.tree.leaves(kept), jax.tree.leaves({k: params[k] for k in kept})):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert got.sharding == want.sharding
+  with pytest.raises(ValueError, match=r"no part named \['vqq'\].*'vq'"):
+    janus_jax.init_params(config, jax.random.key(0), exclude=("vqq",))
+
+
 def test_params_are_placed_as_the_rules_say(setup):
   _, mesh, params = setup
   expect = {

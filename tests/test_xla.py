@@ -29,9 +29,23 @@ def test_options_follow_the_switch_and_only_apply_on_the_cpu(ynnpack, monkeypatc
   assert xla.compiler_options("cpu") == {xla.YNN_OPTION: ""}
   assert xla.compiler_options("cpu", decode=True) == {}
   assert xla.compiler_options("tpu", decode=True) == {}
+  # a program run once: no LLVM optimisation on the CPU, nothing added elsewhere
+  once = {"xla_backend_optimization_level": 0}
+  assert xla.compiler_options("cpu", once=True) == once | {xla.YNN_OPTION: ""}
+  assert xla.compiler_options("tpu", once=True) == {}
   ynnpack(False)  # a user's own choice in XLA_FLAGS wins
   monkeypatch.setenv("XLA_FLAGS", f"--{xla.YNN_OPTION}=individual_dot")
   assert xla.compiler_options("cpu") == {}
+  assert xla.compiler_options("cpu", once=True) == once
+
+
+def test_a_program_run_once_compiles_and_runs(ynnpack):
+  """xla.jit(once=True) compiles with its options and gives the function's values."""
+  ynnpack(None)
+  f = lambda key: jax.random.normal(key, (4, 3)) * 2.0 + 1.0
+  key = jax.random.key(1)
+  got = xla.jit(f, once=True)(key)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(key)), rtol=1e-6)
 
 
 def test_cpu_feature_read_from_cpuinfo():

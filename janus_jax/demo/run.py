@@ -290,7 +290,9 @@ class Demo:
     out = self.path("init")
     if not checkpoint_lib.is_converted(out):
       import jax
-      params = jax.device_get(init_params(config, jax.random.PRNGKey(self.plan.seed)))
+      trained = ("vq", "vision") if vision_dir is not None else ("vq",)
+      params = jax.device_get(init_params(config, jax.random.PRNGKey(self.plan.seed),
+                                          exclude=trained))
       params["vq"] = self._vq_params(vq_dir)["vq"]
       if vision_dir is not None:
         params["vision"] = checkpoint_lib.load_part(vision_dir, "vision")[1]["vision"]

@@ -254,12 +254,13 @@ class VQModel(nn.Module):
     z: the L2-normalised latents [B,g,g,d]; zq: their nearest (normalised) codebook rows;
     the decoder sees z + stop_gradient(zq - z), the straight-through estimator, so its
     forward value is exactly `decode(codes)`. quantize False: the decoder sees z itself
-    (an autoencoder warm-up before the codebook is seeded from the latents).
+    (an autoencoder warm-up before the codebook is seeded from the latents); it may be a
+    traced bool, so one compiled step serves both phases.
     """
     z = l2_normalize(self.encode_latents(pixels))
     codes = self.quantize.nearest(z)
     zq = self.quantize.lookup(codes)
-    latents = z + jax.lax.stop_gradient(zq - z) if quantize else z
+    latents = jnp.where(quantize, z + jax.lax.stop_gradient(zq - z), z)
     decoded = self.decoder(self.post_quant_conv(latents))
     return decoded.astype(jnp.float32), z, zq, codes.reshape(codes.shape[0], -1)
 
