@@ -73,7 +73,7 @@ def decode_builders(tokens: int):
                         else a, params)     # O(1) activations
   form = sampling._decode_form(cfg, None)
   static = sampling._ImageStatic(cfg, None, True, False, form,
-                                 sampling.WINDOW_SEGMENTS if form[0] else 1)
+                                 sampling.window_segments(cfg.vq.num_tokens, bool(form[0])))
 
   def builder(batch: int):
     length = 32

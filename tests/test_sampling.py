@@ -26,9 +26,14 @@ def setup(tmp_path_factory):
   return model, janus_jax.load(str(root / "dst"), dtype="float32")
 
 
-@pytest.mark.parametrize("cfg_weight", [2.0, 5.0])
-def test_greedy_image_codes_equal_transformers(setup, cfg_weight):
+# min_steps 1: this model's 16 image tokens in the most segments (`sampling.window_segments`;
+# by default so few tokens take one).
+@pytest.mark.parametrize("cfg_weight, min_steps", [(2.0, None), (5.0, None), (5.0, 1)])
+def test_greedy_image_codes_equal_transformers(setup, cfg_weight, min_steps, monkeypatch):
   model, p = setup
+  if min_steps is not None:
+    monkeypatch.setattr(sampling, "SEGMENT_MIN_STEPS", min_steps)
+    assert sampling.window_segments(p.config.vq.num_tokens, True) == sampling.WINDOW_SEGMENTS
   batch = p.processor.generation_batch(PROMPTS)
   assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()   # left padding
   with torch.no_grad():
@@ -39,6 +44,13 @@ def test_greedy_image_codes_equal_transformers(setup, cfg_weight):
   got = sampling.generate_image_codes(p, PROMPTS, cfg_weight=cfg_weight, top_k=1)
   assert got.shape == want.shape == (2, p.config.vq.num_tokens)
   np.testing.assert_array_equal(got, want)
+
+
+def test_window_segments_need_enough_steps():
+  assert sampling.window_segments(576, True) == sampling.WINDOW_SEGMENTS   # Janus' images
+  assert sampling.window_segments(100, True) == 99 // sampling.SEGMENT_MIN_STEPS
+  assert sampling.window_segments(36, True) == sampling.window_segments(16, True) == 1
+  assert sampling.window_segments(576, False) == 1                        # the scanned stack
 
 
 def test_images_are_decoded_like_the_reference(setup):
