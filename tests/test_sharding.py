@@ -1,7 +1,6 @@
 """Parameters placed by the logical-axis rules on a 2 x 2 x 2 mesh of simulated CPU devices,
 and the sharded forward pass equal to the single-device one."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
