@@ -55,22 +55,22 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def trained(tokenizer):
+  """A short run: enough to check what training returns and writes. That training
+  separates held-out pairs is checked on the quick demo's encoder run
+  (tests/test_demo.py), which trains long enough to show it."""
   config = model_config(IDS)
-  images, texts = _pairs(640)
+  images, texts = _pairs(96)
   ids, mask = train_vision.tokenize(tokenizer, texts, 64)
-  tc = train_vision.VisionTrainConfig(steps=450, batch_size=64, held_out=128, log_every=50)
+  tc = train_vision.VisionTrainConfig(steps=12, batch_size=32, held_out=32, log_every=4)
   params, history = train_vision.train(images, ids, mask, config, tc, progress=False)
   return config, params, history
 
 
-def test_training_separates_held_out_pairs(trained):
-  """The loss leaves its first plateau, and held-out pictures find their own description
-  several times more often than chance (1 in 128; where the first log stands). 512 pairs
-  and 450 steps only start the climb that the demo's 12,000 pairs take to ~0.45."""
+def test_training_logs_loss_and_held_out_retrieval(trained):
   _, _, history = trained
-  assert history[0]["retrieval"] < 0.02, history[0]
-  assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
-  assert history[-1]["retrieval"] > 0.03, [h["retrieval"] for h in history]
+  assert [h["step"] for h in history] == [4, 8, 12]
+  for h in history:
+    assert np.isfinite(h["loss"]) and 0.0 <= h["retrieval"] <= 1.0, h
 
 
 def test_encoder_drops_into_a_janus_param_tree(trained, tmp_path):
