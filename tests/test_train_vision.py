@@ -61,7 +61,7 @@ def trained(tokenizer):
   config = model_config(IDS)
   images, texts = _pairs(96)
   ids, mask = train_vision.tokenize(tokenizer, texts, 64)
-  tc = train_vision.VisionTrainConfig(steps=12, batch_size=32, held_out=32, log_every=4)
+  tc = train_vision.VisionTrainConfig(steps=12, batch_size=32, held_out=24, log_every=4)
   params, history = train_vision.train(images, ids, mask, config, tc, progress=False)
   return config, params, history
 
