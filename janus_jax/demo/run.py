@@ -44,7 +44,9 @@ class Plan:
   # 60, fewer autoencoder steps do: 75 + 250 steps of 32 images read back the same objects
   # in 100 % of held-out pictures, as 150 + 250 did after 20 (the VQ phase 120 s instead of
   # 155 in a full run); 40 + 160 of 16, 31 %, about what 80 + 160 reached after 20 (34 %;
-  # 40 + 200: 47 %). README, "A shorter VQ phase".
+  # 40 + 200: 47 %). README, "A shorter VQ phase". Those are the Zen 4's figures: on a Zen 1
+  # the same plan reached 93.8 %, and 71.9 % with seed 1 (README, "On a first-generation
+  # EPYC"), so the VQ at this step count is not reliable across hosts and seeds.
   vq_warmup: int = 60
   # > 0: the understanding encoder is first pretrained for this many steps on pictures and
   # their descriptions (`janus_jax.train_vision`, SigLIP's sigmoid loss), then kept frozen
