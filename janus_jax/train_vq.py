@@ -13,7 +13,8 @@ Small codebooks collapse easily when trained from scratch, so training can start
 autoencoder (`--ae-steps`, the decoder sees the latents themselves), seed the codebook by
 cosine k-means over the latents, and then train with quantisation; codes that no latent
 chose for `--restart-every` steps are re-seeded from latents of the batch (not in the last
-fifth of training).
+fifth of training). A caller may pass a check of the params (`train(until=...)`, as the demo
+does with its detector): while it fails, training goes on at the final rate, up to a cap.
 
 DIR is a checkpoint directory (config.json + params {"vq": ...}, written atomically) that
 `prepare --vq-checkpoint DIR` reads; `metrics.jsonl` beside the params has the losses.
@@ -170,10 +171,16 @@ def spherical_kmeans(points: np.ndarray, k: int, rng: np.random.Generator,
 
 
 def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progress: bool = True,
-          log=None) -> tuple[dict, list[dict]]:
+          log=None, until=None, extra_steps: int = 0,
+          check_every: int = 25) -> tuple[dict, list[dict]]:
   """Trains the VQ of `config` on images float32 [N, S, S, 3] in [-1, 1]: `ae_steps` as an
   autoencoder, then the codebook seeded by k-means over the latents, then `steps` with
-  quantisation. Returns (VQ params, logged metric dicts)."""
+  quantisation. Returns (VQ params, logged metric dicts).
+
+  until: a check of the params (e.g. "reconstructions read back right"); while it fails
+  after the planned steps, training goes on with quantisation at the schedule's final rate,
+  `check_every` steps at a time, up to `extra_steps` more (no codes re-seeded there).
+  """
   size = config.vq.image_size
   if images.ndim != 4 or images.shape[1:] != (size, size, 3):
     raise ValueError(f"expected images [N, {size}, {size}, 3], got {images.shape}.")
@@ -193,10 +200,11 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
   used = np.zeros(config.vq.codebook_size, bool)
   history, interval = [], []
   from tqdm import tqdm
-  bar = tqdm(range(total), desc="train VQ", unit="step", disable=not progress)
+  bar = tqdm(total=total, desc="train VQ", unit="step", disable=not progress)
   start = time.perf_counter()
+  limit, i = total, 0
   try:
-    for i in bar:
+    while i < limit:
       quantize = i >= tc.ae_steps
       if quantize and i == tc.ae_steps and tc.ae_steps:
         params = _with_codebook(params, spherical_kmeans(
@@ -212,7 +220,7 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
             and i + 1 < total - tc.steps * 0.2):
           params, _ = _restart_unused(params, used, np.asarray(aux["z"]), rng)
           used[:] = False
-      if (i + 1) % tc.log_every == 0 or i + 1 == total:
+      if (i + 1) % tc.log_every == 0 or i + 1 == limit:
         row = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]}
         row.update(step=i + 1, phase="vq" if quantize else "autoencoder",
                    codes_used=int(len(np.unique(codes))), seconds=time.perf_counter() - start)
@@ -220,9 +228,18 @@ def train(images: np.ndarray, config: JanusConfig, tc: VQTrainConfig, *, progres
         interval = []
         bar.set_postfix(recon=f"{row['recon']:.4f}", codes=row["codes_used"])
         if log:
-          log(f"vq step {i + 1}/{total} ({row['phase']}): recon {row['recon']:.5f} codebook "
+          log(f"vq step {i + 1}/{limit} ({row['phase']}): recon {row['recon']:.5f} codebook "
               f"{row['codebook']:.4f} commitment {row['commitment']:.4f} "
               f"codes in batch {row['codes_used']}")
+      i += 1
+      bar.update()
+      if (i == limit and until is not None and limit < total + extra_steps
+          and not until(jax.device_get(params))):
+        limit = min(limit + check_every, total + extra_steps)
+        bar.total = limit
+        bar.refresh()
+        if log:
+          log(f"vq step {i}: the check failed; {limit - i} more quantised steps")
   finally:
     bar.close()
   return jax.device_get(params), history

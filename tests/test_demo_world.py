@@ -158,6 +158,54 @@ def test_train_vq_cli(tmp_path):
   assert done.returncode == 1 and "--overwrite" in done.stderr
 
 
+def test_train_vq_goes_on_while_its_check_fails_up_to_the_cap():
+  """train(until=...): the planned steps run exactly as without a check; then, while the
+  check fails, `check_every` more quantised steps at a time, never past `extra_steps`."""
+  import jax
+  from janus_jax import train_vq
+  from janus_jax.config import JanusConfig
+  from janus_jax.demo.run import DEMO_VQ
+  rng = random.Random(0)
+  images = np.stack([world.render(world.random_scene(rng)) for _ in range(8)])
+  images = images.astype(np.float32) / 127.5 - 1
+  config = JanusConfig(vq=DEMO_VQ)
+  tc = train_vq.VQTrainConfig(steps=2, ae_steps=1, batch_size=2, log_every=1)
+
+  def run(answers, extra):
+    seen = []
+
+    def until(params):
+      seen.append(params)
+      return answers[len(seen) - 1]
+    params, history = train_vq.train(images, config, tc, progress=False, until=until,
+                                     extra_steps=extra, check_every=2)
+    return params, [row["step"] for row in history], seen
+
+  plain, plain_history = train_vq.train(images, config, tc, progress=False)
+  params, steps, seen = run([True], 10)             # passes at once: nothing more
+  assert steps == [1, 2, 3] and len(seen) == 1
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(params)))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(seen[0])))
+  _, steps, seen = run([False, False, True], 10)     # two more rounds of 2
+  assert steps == [1, 2, 3, 4, 5, 6, 7] and len(seen) == 3
+  _, steps, seen = run([False] * 10, 3)              # capped at 3 more
+  assert steps[-1] == 6 and len(seen) == 2
+
+
+def test_demo_vq_phase_trains_on_while_training_pictures_read_back_wrong(tmp_path):
+  """Plan.vq_extra_steps: an (untrained, so failing) detector check on training pictures
+  extends the VQ by up to that many steps; the phase reports the steps it took."""
+  from janus_jax.demo import run
+  plan = dataclasses.replace(run.QUICK, train_scenes=40, eval_scenes=8, vq_scenes=16,
+                             vq_ae_steps=1, vq_steps=2, vq_batch=4, vq_extra_steps=4)
+  demo = run.Demo(str(tmp_path), plan, progress=False, log=lambda line: None)
+  config = demo.make_data()
+  demo.train_vq(config)
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "vq" / "metrics.jsonl")]
+  assert steps[-1] == 1 + 2 + 4
+  assert demo.phases[-1]["steps"] == 7 and demo.phases[-1]["detail"].startswith("7 steps;")
+
+
 def test_spherical_kmeans_finds_separated_clusters():
   from janus_jax.train_vq import spherical_kmeans
   rng = np.random.default_rng(0)
