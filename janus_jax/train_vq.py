@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -261,16 +262,23 @@ def save(out: str, vq_params, config: JanusConfig, history: list[dict] = (),
   checkpoint_lib.save_part(out, "vq", vq_params, config, history, overwrite)
 
 
-def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-  """(codes int32 [N, g*g], uint8 reconstructions [N, S, S, 3]) of float images."""
-  model = VQModel(config.vq)
+@functools.lru_cache(maxsize=8)
+def _reconstruct_program(vq_config):
+  """The jitted pixels -> (codes, decoded) of a VQ config, built once per config (the demo
+  checks reconstructions several times while its VQ trains)."""
+  model = VQModel(vq_config)
 
   @xla.jit
   def fn(params, x):
     codes = model.apply({"params": params}, x, method=VQModel.encode)
     return codes, model.apply({"params": params}, codes, method=VQModel.decode)
+  return fn
 
+
+def reconstruct(vq_params, config: JanusConfig, images: np.ndarray,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(codes int32 [N, g*g], uint8 reconstructions [N, S, S, 3]) of float images."""
+  fn = _reconstruct_program(config.vq)
   codes, pixels = [], []
   for i in range(0, len(images), batch_size):
     chunk = images[i:i + batch_size]

@@ -181,7 +181,7 @@ def test_train_vq_goes_on_while_its_check_fails_up_to_the_cap():
                                      extra_steps=extra, check_every=2)
     return params, [row["step"] for row in history], seen
 
-  plain, plain_history = train_vq.train(images, config, tc, progress=False)
+  plain, _ = train_vq.train(images, config, tc, progress=False)
   params, steps, seen = run([True], 10)             # passes at once: nothing more
   assert steps == [1, 2, 3] and len(seen) == 1
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(params)))
